@@ -1,0 +1,3 @@
+from watchgw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""A Python asyncio client: one stream, many subscriptions, each channel's objects kept current.
+
+    async with WatchClient("http://127.0.0.1:8080") as client:
+        channel = await client.subscribe(resourceType="api/v1/secrets", projectId="proj-abc")
+        await client.wait_synced(channel)
+        print(client.objects(channel))
+        await client.wait_for(lambda c: "default/db" in c.objects(channel))
+
+It applies the events exactly as PROTOCOL.md section 4 says a client should, which is also what
+the gateway's end-to-end tests check the gateway against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import ujson
+
+from watchgw.client.sse import SSEEvent, SSEParser
+
+
+class WatchClientError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def object_key(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    namespace = meta.get("namespace") or ""
+    name = meta.get("name") or ""
+    return f"{namespace}/{name}" if namespace else name
+
+
+class WatchClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client_id: str | None = None,
+        base_path: str = "/api/watch",
+        headers: dict[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+        record: bool = False,
+        read_chunk_limit: int | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.base_path = base_path
+        self.client_id = client_id or uuid.uuid4().hex
+        self.headers = dict(headers or {})
+        self._session = session
+        self._own_session = session is None
+        self.record = record
+        self.events: list[SSEEvent] = []
+        """Every event received, when ``record`` is set (tests)."""
+        self.state: dict[str, dict[str, dict[str, Any]]] = {}
+        self.synced: set[str] = set()
+        self.resource_versions: dict[str, str] = {}
+        self.errors: dict[str, dict[str, Any]] = {}
+        self.unsubscribed: dict[str, str] = {}
+        self.resyncs = 0
+        self.connected: dict[str, Any] | None = None
+        self.last_event_id: str | None = None
+        self.reconnect_requested = False
+        self.ids: list[int] = []
+        self._queue: asyncio.Queue[SSEEvent] = asyncio.Queue()
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._read_chunk_limit = read_chunk_limit
+        self.stream_ended = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}{self.base_path}/{path}"
+
+    # ------------------------------------------------------------------ stream
+    async def connect(self, *, resume: bool = False, timeout: float = 10.0) -> dict[str, Any]:
+        """Open the stream (``resume``: send ``Last-Event-ID``); returns the ``connected`` data."""
+        await self.disconnect()
+        headers = dict(self.headers)
+        if resume and self.last_event_id is not None:
+            headers["Last-Event-ID"] = self.last_event_id
+        self.connected = None
+        self.stream_ended = asyncio.Event()
+        response = await self.session.get(
+            self._url("stream"),
+            params={"cid": self.client_id},
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout),
+        )
+        if response.status != 200:
+            error = await _error_of(response)
+            response.release()
+            raise error
+        self._response = response
+        self._reader = asyncio.create_task(self._read(response), name=f"sse {self.client_id}")
+        await self.wait_for(lambda c: c.connected is not None or c.stream_ended.is_set(), timeout=timeout)
+        if self.connected is None:
+            raise WatchClientError(0, "stream_ended", "the stream ended before 'connected'")
+        if not self.connected.get("resumed"):
+            self.state.clear()
+            self.synced.clear()
+        return self.connected
+
+    async def _read(self, response: aiohttp.ClientResponse) -> None:
+        parser = SSEParser()
+        try:
+            async for chunk in response.content.iter_any():
+                events = parser.feed(chunk)
+                if events:
+                    for event in events:
+                        self._apply(event)
+                    async with self._changed:
+                        self._changed.notify_all()
+        except (aiohttp.ClientError, ConnectionError):
+            pass
+        finally:
+            self.stream_ended.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _apply(self, event: SSEEvent) -> None:
+        if event.id is not None:
+            self.last_event_id = event.id
+            if event.id.isdigit() and event.event != "connected":
+                # A resumed stream's ``connected`` repeats Last-Event-ID: a position, not an event.
+                self.ids.append(int(event.id))
+        if self.record:
+            self.events.append(event)
+        self._queue.put_nowait(event)
+        data: dict[str, Any] = ujson.loads(event.data) if event.data else {}
+        kind = event.event
+        channel = data.get("channel", "")
+        if kind == "watch":
+            objects = self.state.setdefault(channel, {})
+            obj = data["object"]
+            kind_of_change = data["type"]
+            if kind_of_change in ("ADDED", "MODIFIED"):
+                objects[object_key(obj)] = obj
+            elif kind_of_change == "DELETED":
+                objects.pop(object_key(obj), None)
+            self.resource_versions[channel] = data.get("resourceVersion", "")
+        elif kind == "synced":
+            self.synced.add(channel)
+            self.state.setdefault(channel, {})
+            self.resource_versions[channel] = data.get("resourceVersion", "")
+        elif kind == "resync":
+            self.resyncs += 1
+            self.state[channel] = {}
+            self.synced.discard(channel)
+        elif kind == "subscribed":
+            self.state.setdefault(channel, {})
+            self.unsubscribed.pop(channel, None)
+        elif kind == "unsubscribed":
+            self.state.pop(channel, None)
+            self.synced.discard(channel)
+            self.unsubscribed[channel] = data.get("reason", "")
+        elif kind == "watch-error":
+            self.errors[channel] = data
+        elif kind == "connected":
+            self.connected = data
+        elif kind == "reconnect":
+            self.reconnect_requested = True
+
+    async def next_event(self, kind: str | None = None, *, timeout: float = 5.0) -> SSEEvent:
+        """The next event (of ``kind``), skipping others."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self._queue.get()
+                if kind is None or event.event == kind:
+                    return event
+
+    async def wait_for(self, predicate: Callable[[Self], bool], *, timeout: float = 5.0) -> None:
+        """Wake on every batch of events until ``predicate(self)`` holds."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+    async def wait_synced(self, channel: str, *, timeout: float = 5.0) -> None:
+        await self.wait_for(lambda c: channel in c.synced, timeout=timeout)
+
+    def objects(self, channel: str) -> dict[str, dict[str, Any]]:
+        return self.state.get(channel, {})
+
+    # ------------------------------------------------------------------ requests
+    async def subscribe(self, **fields: Any) -> str:
+        body = {"clientId": self.client_id, **fields}
+        async with self.session.post(self._url("subscribe"), json=body, headers=self.headers) as response:
+            if response.status != 200:
+                raise await _error_of(response)
+            data = await response.json()
+        channel: str = data["channel"]
+        return channel
+
+    async def unsubscribe(self, channel: str) -> None:
+        body = {"clientId": self.client_id, "channel": channel}
+        async with self.session.post(self._url("unsubscribe"), json=body, headers=self.headers) as response:
+            if response.status != 200:
+                raise await _error_of(response)
+
+    # ------------------------------------------------------------------ teardown
+    async def disconnect(self) -> None:
+        """Drop the stream (the server keeps the session for ``session_ttl_s``)."""
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+
+    async def close(self) -> None:
+        await self.disconnect()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _error_of(response: aiohttp.ClientResponse) -> WatchClientError:
+    try:
+        body = await response.json(content_type=None)
+        error = body["error"]
+        return WatchClientError(response.status, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+        return WatchClientError(response.status, "http_error", response.reason or "")

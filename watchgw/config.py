@@ -1,0 +1,258 @@
+"""Configuration: one TOML file (PROTOCOL.md section 6) loaded into frozen dataclasses.
+
+Every key is optional except ``upstream.url``. An unknown key, a wrong type or an impossible value
+raises :class:`ConfigError` naming the key (``limits.max_clients``) and the file, so an operator
+never has to guess which line is wrong. Each field documents its unit and why its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+#: Environment variables that override secrets, so a token never has to sit in the TOML file.
+ENV_UPSTREAM_TOKEN = "WATCHGW_UPSTREAM_TOKEN"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Listen address. Loopback by default: put a TLS-terminating proxy in front for the public."""
+    port: int = 8080
+    base_path: str = "/api/watch"
+    stats: bool = False
+    """Serve ``GET <base_path>/stats``. It lists channel keys, so it is off unless asked for."""
+    metrics: bool = False
+    """Serve ``GET /metrics``. Channel keys appear in labels, so it is off unless asked for."""
+    shutdown_timeout_s: float = 10.0
+    """Seconds a SIGTERM drain may take before remaining streams and upstreams are cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str = ""
+    """Base URL of the control plane, e.g. ``https://control-plane.example``. Required."""
+    token: str | None = None
+    """Bearer token for the control plane. Prefer ``token_file`` or the environment variable."""
+    token_file: str | None = None
+    """File holding the bearer token; re-read when it changes (rotated service-account tokens)."""
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    insecure_skip_tls_verify: bool = False
+    credential: Literal["gateway", "subscriber"] = "gateway"
+    """``gateway``: the token above; ``subscriber``: an authorized subscriber's own token."""
+    project_prefix: str = "/apis/resourcemanager.miloapis.com/v1alpha1/projects/{project}/control-plane"
+    org_prefix: str = "/apis/resourcemanager.miloapis.com/v1alpha1/organizations/{org}/control-plane"
+    watch_timeout_s: float = 300.0
+    """Minimum server-side watch duration; each watch asks for a random value in [t, 2t] like
+    client-go, so many channels do not all reconnect in the same second."""
+    inactivity_timeout_s: float = 70.0
+    """A watch that sends nothing (not even a BOOKMARK, every ~60 s) for this long is restarted."""
+    list_page_size: int = 500
+    """``limit`` of each LIST page: bounds the memory of one response on large collections."""
+    backoff_initial_s: float = 0.8
+    backoff_max_s: float = 30.0
+    backoff_reset_s: float = 60.0
+    """A watch healthy for this long resets the backoff to its initial value."""
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 30.0
+    """Total timeout of a non-streaming request (LIST page, access review)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    mode: Literal["none", "bearer"] = "none"
+    cookie: str = "watchgw_token"
+    """Cookie carrying the bearer token for ``EventSource``, which cannot set headers."""
+    cache_ttl_s: float = 30.0
+    recheck_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_clients: int = 10000
+    max_subscriptions_per_client: int = 100
+    max_channels: int = 5000
+    max_body_bytes: int = 16384
+    client_buffer_bytes: int = 1048576
+    """Bytes of recent frames kept per client for slow readers and ``Last-Event-ID`` resume."""
+    session_ttl_s: float = 30.0
+    """How long a session outlives its stream, waiting for a reconnect with ``Last-Event-ID``."""
+    grace_period_s: float = 10.0
+    """How long a channel with no subscribers keeps its upstream watch (tab switches, reloads)."""
+    heartbeat_s: float = 15.0
+    """``: ping`` interval; below the 30-60 s idle timeouts of common proxies."""
+    retry_ms: int = 2000
+    """``retry:`` sent to clients: how long an ``EventSource`` waits before reconnecting."""
+    channel_history: int = 1000
+    """Events kept per channel so a subscriber with a ``resourceVersion`` can catch up."""
+    stalled_client_timeout_s: float = 60.0
+    """A client whose socket accepts nothing for this long is disconnected (it may resume)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file; :class:`ConfigError` names the key and the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return config_from_mapping(raw, env=os.environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_from_mapping(raw: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML (also used by tests and the demo)."""
+    sections: dict[str, Any] = {}
+    hints = get_type_hints(Config)
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"unknown section [{key}]")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"[{key}] must be a table")
+        sections[key] = _build_section(hints[key], value, key)
+    config = Config(**sections)
+    if env and env.get(ENV_UPSTREAM_TOKEN):
+        config = dataclasses.replace(
+            config, upstream=dataclasses.replace(config.upstream, token=env[ENV_UPSTREAM_TOKEN])
+        )
+    _validate(config)
+    return config
+
+
+def _build_section(cls: type[Any], values: Mapping[str, Any], section: str) -> Any:
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        if key not in hints:
+            raise ConfigError(f"unknown key {name}")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        options = [a for a in get_args(hint) if a is not type(None)]
+        return _coerce(options[0], value, name)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{name} must be one of {choices}, not {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported type")  # pragma: no cover - a bug in this module
+
+
+def _validate(config: Config) -> None:
+    """Impossible values: each check names its key."""
+    up = config.upstream
+    if not up.url:
+        raise ConfigError("upstream.url is required")
+    if not up.url.startswith(("http://", "https://")):
+        raise ConfigError(f"upstream.url must start with http:// or https://, not {up.url!r}")
+    if up.token and up.token_file:
+        raise ConfigError("upstream.token and upstream.token_file are exclusive: set one")
+    if bool(up.client_cert) != bool(up.client_key):
+        raise ConfigError("upstream.client_cert and upstream.client_key go together")
+    if "{project}" not in up.project_prefix:
+        raise ConfigError("upstream.project_prefix must contain {project}")
+    if "{org}" not in up.org_prefix:
+        raise ConfigError("upstream.org_prefix must contain {org}")
+    for prefix_key in ("project_prefix", "org_prefix"):
+        if not getattr(up, prefix_key).startswith("/"):
+            raise ConfigError(f"upstream.{prefix_key} must start with /")
+    positive = {
+        "server.port": config.server.port,
+        "server.shutdown_timeout_s": config.server.shutdown_timeout_s,
+        "upstream.watch_timeout_s": up.watch_timeout_s,
+        "upstream.inactivity_timeout_s": up.inactivity_timeout_s,
+        "upstream.list_page_size": up.list_page_size,
+        "upstream.backoff_initial_s": up.backoff_initial_s,
+        "upstream.backoff_max_s": up.backoff_max_s,
+        "upstream.connect_timeout_s": up.connect_timeout_s,
+        "upstream.request_timeout_s": up.request_timeout_s,
+        "auth.cache_ttl_s": config.auth.cache_ttl_s,
+        "auth.recheck_s": config.auth.recheck_s,
+    }
+    limits = config.limits
+    for key_name in (
+        "max_clients",
+        "max_subscriptions_per_client",
+        "max_channels",
+        "max_body_bytes",
+        "client_buffer_bytes",
+        "session_ttl_s",
+        "heartbeat_s",
+        "retry_ms",
+        "channel_history",
+        "stalled_client_timeout_s",
+    ):
+        positive[f"limits.{key_name}"] = getattr(limits, key_name)
+    for name, number in positive.items():
+        if number <= 0:
+            raise ConfigError(f"{name} must be greater than 0, not {number!r}")
+    if limits.grace_period_s < 0:
+        raise ConfigError(f"limits.grace_period_s must be 0 or more, not {limits.grace_period_s!r}")
+    if config.server.port > 65535:
+        raise ConfigError(f"server.port must be at most 65535, not {config.server.port}")
+    if up.backoff_max_s < up.backoff_initial_s:
+        raise ConfigError("upstream.backoff_max_s must be at least upstream.backoff_initial_s")
+    bp = config.server.base_path
+    if not bp.startswith("/") or bp.endswith("/") or "//" in bp:
+        raise ConfigError(f"server.base_path must start with / and not end with /, not {bp!r}")
+    if limits.max_body_bytes > 1048576:
+        raise ConfigError("limits.max_body_bytes must be at most 1048576")
+    if not config.auth.cookie or not config.auth.cookie.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"auth.cookie must be a cookie name of [A-Za-z0-9_-], not {config.auth.cookie!r}")

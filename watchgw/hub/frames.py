@@ -1,0 +1,133 @@
+"""SSE frames: each built once, as the bytes that go on the wire, and shared by every subscriber.
+
+A frame is stored already wrapped in its HTTP/1.1 chunk (``<hex len>\\r\\n<frame>\\r\\n``) because the
+stream writes straight to the transport (see ``hub/session.py``): a subscriber that is keeping up
+costs one ``transport.write`` of a shared ``bytes`` object per event, with no per-subscriber encoding.
+HTTP/1.0 clients (no chunking) get :attr:`Frame.payload`, a slice made only for them.
+
+Event ids come from one process-wide counter that starts at the current time in microseconds, so
+ids are strictly increasing within a session (every frame a session receives is created after the
+previous one) and also across a gateway restart, which keeps ``Last-Event-ID`` meaningful.
+
+This module sits in ``hub`` rather than ``web`` because the hub builds the frames it fans out; the
+web layer only writes them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ujson
+
+from watchgw.kube.types import ObjectKey
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON on one line (ujson escapes control characters, so no CR/LF can leak out)."""
+    return ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False).encode()
+
+
+class Frame:
+    """One SSE event, encoded once.
+
+    ``channel`` and ``key`` identify what the frame is about, for coalescing (the latest state of
+    an object wins) and for per-channel resync; both are empty for session-level frames.
+    """
+
+    __slots__ = ("channel", "id", "key", "wire")
+
+    def __init__(self, id: int, wire: bytes, channel: str = "", key: ObjectKey | None = None) -> None:
+        self.id = id
+        self.wire = wire
+        self.channel = channel
+        self.key = key
+
+    @property
+    def payload(self) -> bytes:
+        """The SSE bytes without HTTP chunk framing."""
+        start = self.wire.index(b"\r\n") + 2
+        return self.wire[start:-2]
+
+    def __len__(self) -> int:
+        return len(self.wire)
+
+    def __repr__(self) -> str:
+        return f"Frame({self.id}, {self.payload[:60]!r})"
+
+
+class FrameFactory:
+    """Builds frames and hands out their ids."""
+
+    __slots__ = ("_last_id",)
+
+    def __init__(self, start_id: int | None = None) -> None:
+        self._last_id = start_id if start_id is not None else time.time_ns() // 1000
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id
+
+    def _frame(self, event: bytes, data: bytes, channel: str, key: ObjectKey | None) -> Frame:
+        self._last_id += 1
+        fid = self._last_id
+        body = b"id: %d\nevent: %s\ndata: %s\n\n" % (fid, event, data)
+        return Frame(fid, b"%x\r\n%s\r\n" % (len(body), body), channel, key)
+
+    def event(self, event: str, data: dict[str, Any], *, channel: str = "") -> Frame:
+        """A control event (``subscribed``, ``synced``, ``resync`` ...): not on the hot path."""
+        return self._frame(event.encode(), dumps(data), channel, None)
+
+    def watch(
+        self,
+        *,
+        channel_json: bytes,
+        channel: str,
+        type: str,
+        key: ObjectKey | None,
+        object_json: bytes,
+        resource_version: str,
+    ) -> Frame:
+        """A ``watch`` event: the object's JSON is spliced in as the informer encoded it."""
+        data = b'{"channel":%s,"type":"%s","object":%s,"resourceVersion":%s}' % (
+            channel_json,
+            type.encode(),
+            object_json,
+            rv_json(resource_version),
+        )
+        return self._frame(b"watch", data, channel, key)
+
+    def reissue(self, frame: Frame) -> Frame:
+        """The same event under a new id (catch-up from a channel's history for a late joiner)."""
+        payload = frame.payload
+        rest = payload[payload.index(b"\n") + 1 :]
+        self._last_id += 1
+        body = b"id: %d\n%s" % (self._last_id, rest)
+        return Frame(self._last_id, chunk(body), frame.channel, frame.key)
+
+    def connected(self, *, client_id: str, resumed: bool, retry_ms: int, frame_id: int | None) -> bytes:
+        """The first frame of a stream, as raw SSE bytes (written through the response).
+
+        A fresh session's ``connected`` takes a new id; a resumed one repeats the client's
+        ``Last-Event-ID`` so the browser's idea of its position does not move backwards.
+        """
+        if frame_id is None:
+            self._last_id += 1
+            frame_id = self._last_id
+        data = dumps({"clientId": client_id, "resumed": resumed})
+        return b"retry: %d\nid: %d\nevent: connected\ndata: %s\n\n" % (retry_ms, frame_id, data)
+
+
+def rv_json(resource_version: str) -> bytes:
+    """A resourceVersion as a JSON string; the fast path covers what Kubernetes sends (digits)."""
+    if resource_version.isdigit() and resource_version.isascii():
+        return b'"%s"' % resource_version.encode()
+    return dumps(resource_version)
+
+
+def chunk(payload: bytes) -> bytes:
+    """Wrap raw SSE bytes in one HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+PING = b": ping\n\n"

@@ -1,0 +1,258 @@
+"""WatchHub: the registry of sessions and channels, reference counting, grace period, limits.
+
+Everything here is synchronous and runs on the event loop: a subscribe is validated, counted and
+joined without an ``await``, so no other client can observe a half-made subscription, and frames
+get ids in the order they are pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from watchgw.config import LimitsConfig
+from watchgw.hub.channel import Channel, UpstreamFactory
+from watchgw.hub.errors import (
+    ClientIdInUse,
+    Draining,
+    Forbidden,
+    TooManyChannels,
+    TooManyClients,
+    TooManySubscriptions,
+    UnknownClient,
+)
+from watchgw.hub.frames import FrameFactory
+from watchgw.hub.keys import channel_key
+from watchgw.hub.session import Session
+from watchgw.kube.types import WatchTarget
+
+log = structlog.get_logger("watchgw.hub")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamGrant:
+    """A stream was allowed to attach to a session."""
+
+    session: Session
+    resumed: bool
+
+
+class WatchHub:
+    def __init__(
+        self,
+        *,
+        limits: LimitsConfig,
+        upstream_factory: UpstreamFactory,
+        frames: FrameFactory | None = None,
+    ) -> None:
+        self.limits = limits
+        self.frames = frames or FrameFactory()
+        self._upstream_factory = upstream_factory
+        self.sessions: dict[str, Session] = {}
+        self.channels: dict[str, Channel] = {}
+        self.draining = False
+        self._closing: set[asyncio.Task[None]] = set()
+        self.channels_opened = 0
+        self.sessions_opened = 0
+
+    # ------------------------------------------------------------------ streams
+    def open_stream(self, *, client_id: str, identity: str, last_event_id: int | None) -> StreamGrant:
+        """Find or make the session of ``client_id`` for a new stream (which the caller attaches)."""
+        if self.draining:
+            raise Draining("the server is shutting down; reconnect shortly")
+        session = self.sessions.get(client_id)
+        if session is not None:
+            if session.identity != identity:
+                raise ClientIdInUse("this client id belongs to another identity")
+            if last_event_id is not None:
+                return StreamGrant(session, resumed=True)
+            # No Last-Event-ID: the client starts over and subscribes again.
+            self._release_subscriptions(session)
+            session.reset()
+            return StreamGrant(session, resumed=False)
+        if len(self.sessions) >= self.limits.max_clients:
+            raise TooManyClients(f"the server is at its limit of {self.limits.max_clients} clients")
+        session = Session(
+            client_id=client_id,
+            identity=identity,
+            buffer_bytes=self.limits.client_buffer_bytes,
+            resnapshot=self._resnapshot,
+        )
+        self.sessions[client_id] = session
+        self.sessions_opened += 1
+        return StreamGrant(session, resumed=False)
+
+    def stream_closed(self, session: Session, generation: int) -> None:
+        """The stream ``generation`` of ``session`` ended: keep the session for ``session_ttl_s``."""
+        if not session.detach(generation):
+            return  # a newer stream took over
+        if self.sessions.get(session.client_id) is session:
+            session.schedule_expiry(self.limits.session_ttl_s, lambda: self.end_session(session))
+
+    def end_session(self, session: Session) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        self._release_subscriptions(session)
+        session.close()
+        log.info("client.expired", client_id=session.client_id)
+
+    @staticmethod
+    def _resnapshot(session: Session, key: str) -> None:
+        channel = session.channels.get(key)
+        if channel is not None:
+            channel.resnapshot(session)
+
+    # ------------------------------------------------------------------ subscriptions
+    def session_for(self, client_id: str, identity: str) -> Session:
+        session = self.sessions.get(client_id)
+        if session is None:
+            raise UnknownClient("no live stream for this client id: open the stream first")
+        if session.identity != identity:
+            raise Forbidden("this client id belongs to another identity")
+        return session
+
+    def check_subscribe(self, session: Session, target: WatchTarget) -> tuple[str, bool]:
+        """Limits, before any work: returns the key and whether it is already subscribed."""
+        if self.draining:
+            raise Draining("the server is shutting down; reconnect shortly")
+        key = channel_key(target)
+        if key in session.channels:
+            return key, True
+        if len(session.channels) >= self.limits.max_subscriptions_per_client:
+            raise TooManySubscriptions(
+                f"a client may hold at most {self.limits.max_subscriptions_per_client} subscriptions"
+            )
+        if key not in self.channels and len(self.channels) >= self.limits.max_channels:
+            raise TooManyChannels(f"the server is at its limit of {self.limits.max_channels} channels")
+        return key, False
+
+    def subscribe(
+        self,
+        session: Session,
+        target: WatchTarget,
+        *,
+        resource_version: str | None = None,
+        snapshot: bool = True,
+    ) -> str:
+        key, already = self.check_subscribe(session, target)
+        if already:
+            return key
+        channel = self.channels.get(key)
+        if channel is None:
+            channel = Channel(
+                key=key,
+                target=target,
+                frames=self.frames,
+                history_limit=self.limits.channel_history,
+                upstream_factory=self._upstream_factory,
+                on_gone=self._channel_gone,
+            )
+            self.channels[key] = channel
+            self.channels_opened += 1
+            channel.start()
+            assert channel.task is not None
+            channel.task.add_done_callback(lambda task: self._upstream_done(channel, task))
+            log.info("channel.opened", channel=key)
+        elif channel.grace_handle is not None:
+            channel.grace_handle.cancel()
+            channel.grace_handle = None
+            log.info("channel.reused", channel=key)
+        channel.join(session, resource_version=resource_version, snapshot=snapshot)
+        log.debug("client.subscribed", client_id=session.client_id, channel=key)
+        return key
+
+    def unsubscribe(self, session: Session, key: str, *, reason: str = "client", notify: bool = True) -> None:
+        channel = session.channels.get(key)
+        if channel is None:
+            return
+        channel.leave(session)
+        if notify:
+            session.push(self.frames.event("unsubscribed", {"channel": key, "reason": reason}, channel=key))
+        self._maybe_idle(channel)
+
+    def _release_subscriptions(self, session: Session) -> None:
+        for key in list(session.channels):
+            self.unsubscribe(session, key, notify=False)
+
+    def _maybe_idle(self, channel: Channel) -> None:
+        if channel.subscriber_count or self.channels.get(channel.key) is not channel:
+            return
+        if channel.grace_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        channel.grace_handle = loop.call_later(self.limits.grace_period_s, self._close_if_idle, channel)
+
+    def _close_if_idle(self, channel: Channel) -> None:
+        channel.grace_handle = None
+        if channel.subscriber_count == 0:
+            self._close_channel(channel)
+
+    def _close_channel(self, channel: Channel) -> None:
+        if self.channels.get(channel.key) is channel:
+            del self.channels[channel.key]
+        if channel.grace_handle is not None:
+            channel.grace_handle.cancel()
+            channel.grace_handle = None
+        task = channel.task
+        if task is not None and not task.done():
+            # From inside the informer (GONE) this only makes its coming return final.
+            task.cancel()
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        log.info("channel.closed", channel=channel.key)
+
+    def _channel_gone(self, channel: Channel) -> None:
+        """The resource type is not served: subscribers were told; the channel goes away."""
+        self._close_channel(channel)
+        log.info("channel.gone", channel=channel.key)
+
+    def _upstream_done(self, channel: Channel, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.channels.get(channel.key) is not channel:
+            return
+        exc = task.exception()
+        # An informer only returns after GONE; anything else is a bug: restart, do not go silent.
+        log.error("upstream.crashed", channel=channel.key, error=repr(exc))
+        loop = asyncio.get_running_loop()
+
+        def restart() -> None:
+            if self.channels.get(channel.key) is channel:
+                channel.restart_upstream()
+                assert channel.task is not None
+                channel.task.add_done_callback(lambda t: self._upstream_done(channel, t))
+
+        loop.call_later(min(30.0, 1.0 * 2 ** min(channel.upstream_restarts, 5)), restart)
+
+    # ------------------------------------------------------------------ shutdown and stats
+    def drain(self, retry_ms: int) -> list[Session]:
+        """Stop taking streams; every attached session gets ``reconnect``. Returns them."""
+        self.draining = True
+        attached = [s for s in self.sessions.values() if s.attached]
+        frame = self.frames.event("reconnect", {"retryMs": retry_ms})
+        for session in attached:
+            session.push(frame)
+        return attached
+
+    async def close(self) -> None:
+        """Cancel every upstream and forget every session."""
+        for channel in list(self.channels.values()):
+            self._close_channel(channel)
+        for session in list(self.sessions.values()):
+            session.close()
+        self.sessions.clear()
+        tasks = list(self._closing)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "clients": len(self.sessions),
+            "upstreams": len(self.channels),
+            "subscriptions": {key: ch.subscriber_count for key, ch in self.channels.items()},
+            "streams": sum(1 for s in self.sessions.values() if s.attached),
+            "channelsOpened": self.channels_opened,
+        }

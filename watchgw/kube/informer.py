@@ -1,0 +1,342 @@
+"""The list+watch loop of one channel: cache, resourceVersion, bookmarks, 410 relist+diff, backoff.
+
+Levels, one job each (kopf style): :meth:`Informer.run` reconnects with backoff and decides when a
+LIST is needed; :meth:`Informer._relist` lists and reports the difference against what it held;
+:meth:`Informer._watch_once` runs one watch request from the latest resourceVersion under an
+inactivity timer; :meth:`KubeClient.watch` parses the stream and :mod:`watchgw.kube.ndjson` splits it.
+
+Guarantee to the listener: applying the events passed to ``on_event`` in order, starting from an
+empty map, always yields :attr:`Informer.objects` (also across 410 relists, whose missing deletions
+are synthesized from the last known objects). A watch that ends normally or goes silent resumes
+from the latest resourceVersion (bookmarks included) without a LIST; only 410 (or 404 on a watch)
+leads to a LIST.
+
+Timers use the event loop clock (``loop.time()``); backoff, reset and inactivity periods come from
+:class:`UpstreamConfig`, so tests run with tiny values and a seeded ``rng``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from watchgw.config import UpstreamConfig
+from watchgw.kube.client import KubeClient, encode_object, object_key
+from watchgw.kube.errors import (
+    APIError,
+    GoneError,
+    NotFoundError,
+    TooManyRequestsError,
+    UnauthorizedError,
+    UpstreamConnectionError,
+)
+from watchgw.kube.types import (
+    InformerListener,
+    InformerPhase,
+    InformerState,
+    ObjectKey,
+    WatchEvent,
+    WatchTarget,
+)
+
+log = structlog.get_logger("watchgw.kube")
+
+
+class _InactivityTimeout(Exception):
+    """The watch stream sent nothing for ``inactivity_timeout_s``."""
+
+
+def diff_objects(
+    old: Mapping[ObjectKey, WatchEvent],
+    items: list[dict[str, Any]],
+    list_resource_version: str,
+) -> tuple[dict[ObjectKey, WatchEvent], list[WatchEvent]]:
+    """The new object map after a LIST, and the events that turn ``old`` into it.
+
+    ADDED for new keys, MODIFIED for keys whose ``metadata.resourceVersion`` changed (both in
+    list order), then DELETED (with the last known object, at the LIST's resourceVersion) for keys
+    that vanished. Unchanged objects keep their old event (and its ``object_json``): no event, no
+    encoding.
+    """
+    new: dict[ObjectKey, WatchEvent] = {}
+    events: list[WatchEvent] = []
+    for item in items:
+        key = object_key(item)
+        meta = item.get("metadata")
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        rv = rv if isinstance(rv, str) else ""
+        prev = old.get(key)
+        if prev is not None and prev.resource_version == rv and rv:
+            new[key] = prev
+            continue
+        event = WatchEvent("ADDED" if prev is None else "MODIFIED", key, item, encode_object(item), rv)
+        new[key] = event
+        events.append(event)
+    for key, prev in old.items():
+        if key not in new:
+            events.append(WatchEvent("DELETED", key, prev.object, prev.object_json, list_resource_version))
+    return new, events
+
+
+class Informer:
+    """Keeps one channel's objects in sync with the control plane and reports every change."""
+
+    def __init__(
+        self,
+        *,
+        target: WatchTarget,
+        client: KubeClient,
+        config: UpstreamConfig,
+        listener: InformerListener,
+        token_provider: Callable[[], str | None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.objects: dict[ObjectKey, WatchEvent] = {}
+        """Latest event per object (``namespace/name``): a snapshot can reuse its ``object_json``."""
+        self.resource_version = ""
+        """Latest resourceVersion seen (LIST, event or BOOKMARK): where the next watch starts."""
+        self.state = InformerState(InformerPhase.LISTING)
+        self.lists = 0
+        """LIST operations completed (the first one included)."""
+        self.watches = 0
+        """Watch requests that were accepted by the server."""
+        self._client = client
+        self._config = config
+        self._listener = listener
+        self._token_provider = token_provider
+        self._rng = rng if rng is not None else random.Random()
+        self._attempt = 0
+        self._healthy_since: float | None = None
+        self._gone_streak = 0
+        self._last_activity = 0.0
+        self._inactivity_handle: asyncio.TimerHandle | None = None
+        self._inactive = False
+        self._opened = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._log = log.bind(
+            resource_type=target.resource_type,
+            org=target.org_id,
+            project=target.project_id,
+            namespace=target.namespace,
+            name=target.name,
+        )
+
+    # -- the reconnect level ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List, then watch, forever (until cancelled, or the resource type is gone: 404 on LIST)."""
+        self._loop = asyncio.get_running_loop()
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._relist()
+                    need_list = False
+                await self._watch_once()
+            except _InactivityTimeout:
+                self._log.info(
+                    "upstream.watch_inactive",
+                    resource_version=self.resource_version,
+                    inactivity_timeout_s=self._config.inactivity_timeout_s,
+                )
+            except GoneError as exc:
+                # The resourceVersion we hold is too old (410): LIST again and diff.
+                self._gone_streak += 1
+                self._log.info(
+                    "upstream.relist",
+                    reason=exc.reason,
+                    code=exc.status,
+                    resource_version=self.resource_version,
+                )
+                if need_list or self._gone_streak > 1:
+                    # 410 again without a healthy watch in between: do not hammer the server.
+                    self._degrade(exc)
+                    await asyncio.sleep(self._next_backoff())
+                need_list = True
+            except NotFoundError as exc:
+                if need_list:
+                    self._log.warning(
+                        "upstream.gone", code=exc.status, reason=exc.reason, message=exc.message
+                    )
+                    self._set_state(
+                        InformerState(
+                            InformerPhase.GONE,
+                            self.resource_version,
+                            exc.status,
+                            exc.reason,
+                            exc.message,
+                        )
+                    )
+                    return
+                # 404 on a watch: LIST again, which tells whether the type is still served.
+                need_list = True
+                await self._fail(exc)
+            except APIError as exc:
+                if isinstance(exc, UnauthorizedError):
+                    self._client.credentials.force_reload()
+                await self._fail(exc)
+
+    async def _fail(self, exc: APIError) -> None:
+        self._degrade(exc)
+        delay = self._next_backoff()
+        if isinstance(exc, TooManyRequestsError) and exc.retry_after_s is not None:
+            delay = max(delay, exc.retry_after_s)
+        self._log.warning(
+            "upstream.error",
+            code=exc.status,
+            reason=exc.reason,
+            message=exc.message,
+            error_type=type(exc).__name__,
+            attempt=self._attempt,
+            retry_in_s=round(delay, 3),
+        )
+        await asyncio.sleep(delay)
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _next_backoff(self) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]; reset after a healthy period."""
+        cfg = self._config
+        if self._healthy_since is not None and self._now() - self._healthy_since >= cfg.backoff_reset_s:
+            self._attempt = 0
+        self._healthy_since = None
+        ceiling = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._attempt, 32)))
+        self._attempt += 1
+        return self._rng.uniform(0.0, ceiling)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _set_state(self, state: InformerState) -> None:
+        self.state = state
+        self._listener.on_state(state)
+
+    def _degrade(self, exc: APIError) -> None:
+        state = InformerState(
+            InformerPhase.DEGRADED, self.resource_version, exc.status, exc.reason, exc.message
+        )
+        if state != self.state:
+            self._set_state(state)
+
+    def _watching(self) -> None:
+        self._set_state(InformerState(InformerPhase.WATCHING, self.resource_version))
+
+    # -- LIST ------------------------------------------------------------------------------------
+
+    async def _relist(self) -> None:
+        token = self._token_provider() if self._token_provider is not None else None
+        started = self._now()
+        result = await self._client.list_all(self.target, token=token)
+        first = self.lists == 0
+        new, events = diff_objects(self.objects, result.items, result.resource_version)
+        self.objects = new
+        self.resource_version = result.resource_version
+        self.lists += 1
+        self._log.info(
+            "upstream.listed",
+            first=first,
+            objects=len(new),
+            changes=len(events),
+            pages=result.pages,
+            resource_version=result.resource_version,
+            duration_s=round(self._now() - started, 3),
+        )
+        on_event = self._listener.on_event
+        for event in events:
+            on_event(event)
+        self._watching()
+
+    # -- one watch request -----------------------------------------------------------------------
+
+    def _watch_timeout_seconds(self) -> int:
+        t = self._config.watch_timeout_s
+        return max(1, round(self._rng.uniform(t, 2 * t)))
+
+    def _on_open(self) -> None:
+        self._opened = True
+        self.watches += 1
+        self._gone_streak = 0
+        if self._healthy_since is None:
+            self._healthy_since = self._now()
+        if self.state.phase is not InformerPhase.WATCHING:
+            self._watching()
+
+    def _on_chunk(self) -> None:
+        assert self._loop is not None
+        self._last_activity = self._loop.time()
+
+    def _check_inactivity(self, cm: asyncio.Timeout) -> None:
+        now = self._now()
+        deadline = self._last_activity + self._config.inactivity_timeout_s
+        if now >= deadline:
+            self._inactive = True
+            cm.reschedule(now)
+        else:
+            assert self._loop is not None
+            self._inactivity_handle = self._loop.call_at(deadline, self._check_inactivity, cm)
+
+    async def _watch_once(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        timeout_s = self._watch_timeout_seconds()
+        token = self._token_provider() if self._token_provider is not None else None
+        self._inactive = False
+        self._opened = False
+        self._last_activity = loop.time()
+        events = 0
+        started = self._last_activity
+        self._log.info("upstream.watch_started", resource_version=self.resource_version, timeout_s=timeout_s)
+        objects = self.objects
+        on_event = self._listener.on_event
+        try:
+            async with asyncio.timeout(None) as cm:
+                self._inactivity_handle = loop.call_at(
+                    self._last_activity + self._config.inactivity_timeout_s, self._check_inactivity, cm
+                )
+                try:
+                    stream = self._client.watch(
+                        self.target,
+                        resource_version=self.resource_version,
+                        timeout_s=timeout_s,
+                        allow_bookmarks=True,
+                        token=token,
+                        on_open=self._on_open,
+                        on_chunk=self._on_chunk,
+                    )
+                    async with contextlib.aclosing(stream):
+                        async for batch in stream:
+                            for event in batch:
+                                if event.type == "DELETED":
+                                    objects.pop(event.key, None)
+                                elif event.type != "BOOKMARK":
+                                    objects[event.key] = event
+                                self.resource_version = event.resource_version
+                                on_event(event)
+                            events += len(batch)
+                finally:
+                    if self._inactivity_handle is not None:
+                        self._inactivity_handle.cancel()
+                        self._inactivity_handle = None
+        except TimeoutError as exc:
+            if not self._inactive:
+                raise
+            if not self._opened:
+                raise UpstreamConnectionError(
+                    f"no response to the watch request within {self._config.inactivity_timeout_s} s",
+                    reason="Timeout",
+                ) from exc
+            raise _InactivityTimeout() from exc
+        finally:
+            self._log.info(
+                "upstream.watch_ended",
+                events=events,
+                resource_version=self.resource_version,
+                duration_s=round(loop.time() - started, 3),
+            )

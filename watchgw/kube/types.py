@@ -1,0 +1,90 @@
+"""Shapes shared by the upstream side and its consumers (the hub).
+
+Wire shapes are ``TypedDict``/``Literal``; what the informer hands upward is a small slotted class
+built once per upstream event and shared by every subscriber of the channel.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Literal, NewType, Protocol
+
+#: ``namespace/name`` (or ``name`` for cluster-scoped objects): the identity of an object in a channel.
+ObjectKey = NewType("ObjectKey", str)
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK"]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchTarget:
+    """What one channel watches: the fields of PROTOCOL.md section 2, already validated."""
+
+    resource_type: str
+    """``api/v1/<plural>`` or ``apis/<group>/<version>/<plural>``."""
+    org_id: str = ""
+    project_id: str = ""
+    namespace: str = ""
+    name: str = ""
+    label_selector: str = ""
+    field_selector: str = ""
+
+
+class WatchEvent:
+    """One change of one object, parsed once and encoded once.
+
+    ``object_json`` is the object's JSON exactly as it will appear in the ``object`` field of the
+    SSE ``watch`` event: the hub splices it into the frame without encoding it again.
+    """
+
+    __slots__ = ("key", "object", "object_json", "resource_version", "type")
+
+    def __init__(
+        self,
+        type: EventType,
+        key: ObjectKey,
+        object: dict[str, Any],
+        object_json: bytes,
+        resource_version: str,
+    ) -> None:
+        self.type = type
+        self.key = key
+        self.object = object
+        self.object_json = object_json
+        self.resource_version = resource_version
+
+    def __repr__(self) -> str:
+        return f"WatchEvent({self.type} {self.key} rv={self.resource_version})"
+
+
+class InformerPhase(enum.Enum):
+    LISTING = "listing"
+    """First LIST in progress: no state yet."""
+    WATCHING = "watching"
+    """State is complete and live (after the first LIST, and again after recovering)."""
+    DEGRADED = "degraded"
+    """The control plane cannot be reached or refuses; retrying with backoff. State is stale."""
+    GONE = "gone"
+    """The resource type is not served (404 on LIST): the informer has stopped for good."""
+
+
+@dataclass(frozen=True, slots=True)
+class InformerState:
+    phase: InformerPhase
+    resource_version: str = ""
+    error_code: int = 0
+    """HTTP-ish status of the last error (0 when none; 503 for a connection failure)."""
+    error_reason: str = ""
+    """Kubernetes-style reason (``Unauthorized``, ``Expired``, ``ConnectionFailed`` ...)."""
+    error_message: str = ""
+    """Human sentence, upstream text truncated; never contains a token."""
+
+
+class InformerListener(Protocol):
+    """What the informer reports to (the hub's channel)."""
+
+    def on_event(self, event: WatchEvent) -> None:
+        """An object changed. Called in upstream order; after a (re)LIST, with the diff."""
+
+    def on_state(self, state: InformerState) -> None:
+        """The informer's phase changed (``WATCHING`` is also reported after every relist)."""

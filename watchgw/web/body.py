@@ -1,0 +1,88 @@
+"""Request bodies and errors: bounded reads, strict JSON, one error shape.
+
+Every error is ``{"error": {"code": "<snake_case>", "message": "<sentence>"}}`` (PROTOCOL.md 3).
+Bodies are read up to ``max_body_bytes`` and no further, whatever ``Content-Length`` claims; JSON
+with duplicate keys or nested deeper than :data:`MAX_DEPTH` is refused (a client must not be able
+to make two readers of one body disagree, or make the parser recurse without bound).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from watchgw.hub.errors import HubError
+
+MAX_DEPTH = 8
+
+
+class RequestError(HubError):
+    """A request-level refusal with an explicit status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def error_response(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def fail(status: int, code: str, message: str) -> NoReturn:
+    raise RequestError(status, code, message)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            fail(400, "invalid_json", f"duplicate key {json.dumps(key)[:80]} in the body")
+        out[key] = value
+    return out
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max([level, *(_depth(v, level + 1) for v in value.values())])
+    if isinstance(value, list):
+        return max([level, *(_depth(v, level + 1) for v in value)])
+    return level
+
+
+async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, or a :class:`RequestError` that says what is wrong."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        fail(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > max_bytes:
+            fail(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        fail(400, "invalid_json", "the body is empty: send a JSON object")
+    try:
+        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        fail(400, "invalid_json", f"the body is nested deeper than {MAX_DEPTH} levels")
+    except UnicodeDecodeError:
+        fail(400, "invalid_json", "the body is not UTF-8")
+    except ValueError as exc:
+        fail(400, "invalid_json", f"the body is not valid JSON: {str(exc)[:120]}")
+    if not isinstance(value, dict):
+        fail(400, "invalid_json", "the body must be a JSON object")
+    if _depth(value) > MAX_DEPTH:
+        fail(400, "invalid_json", f"the body is nested deeper than {MAX_DEPTH} levels")
+    return value

@@ -1,0 +1,16 @@
+"""Typed keys for the state kept on the ``web.Application`` (no module-level singletons)."""
+
+from __future__ import annotations
+
+import weakref
+
+from aiohttp import web
+
+from watchgw.config import Config
+from watchgw.hub.hub import WatchHub
+from watchgw.web.access import Access
+
+CONFIG = web.AppKey("config", Config)
+HUB = web.AppKey("hub", WatchHub)
+ACCESS = web.AppKey("access", Access)
+STREAMS = web.AppKey("streams", weakref.WeakSet[web.StreamResponse])

@@ -1,0 +1,177 @@
+"""HTTP handlers: stream, subscribe, unsubscribe, stats, health (PROTOCOL.md section 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+
+import structlog
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from watchgw.config import Config
+from watchgw.hub.errors import InvalidRequest
+from watchgw.hub.hub import WatchHub
+from watchgw.hub.keys import InvalidField, parse_channel_key, target_from_fields
+from watchgw.web.access import Access
+from watchgw.web.body import fail, read_json_object
+from watchgw.web.keys import ACCESS, CONFIG, HUB, STREAMS
+
+log = structlog.get_logger("watchgw.web")
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
+_SUBSCRIBE_FIELDS = frozenset(
+    {
+        "clientId",
+        "resourceType",
+        "orgId",
+        "projectId",
+        "namespace",
+        "name",
+        "labelSelector",
+        "fieldSelector",
+        "resourceVersion",
+        "snapshot",
+    }
+)
+_UNSUBSCRIBE_FIELDS = frozenset({"clientId", "channel"})
+
+
+def _client_id(value: object, *, field: str = "cid") -> str:
+    if not isinstance(value, str) or not _CLIENT_ID.fullmatch(value):
+        fail(400, "invalid_client_id", f"{field} must be 8 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    return value
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    """``Last-Event-ID`` (what EventSource sends) or ``?lastEventId=``; anything else: start over."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
+    if raw and _EVENT_ID.fullmatch(raw.strip()):
+        return int(raw.strip())
+    return None
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    config: Config = app[CONFIG]
+    hub: WatchHub = app[HUB]
+    access: Access = app[ACCESS]
+    client_id = _client_id(request.query.get("cid"))
+    identity = await access.authenticate(request)
+    last_event_id = _last_event_id(request)
+    grant = hub.open_stream(client_id=client_id, identity=identity, last_event_id=last_event_id)
+    session = grant.session
+    limits = config.limits
+    response = EventSourceResponse(
+        ping_interval=limits.heartbeat_s,
+        send_timeout=limits.stalled_client_timeout_s,
+    )
+    writer = await response.prepare(request)
+    transport = request.transport
+    if writer is None or transport is None or transport.is_closing():
+        return response
+    connected = hub.frames.connected(
+        client_id=client_id,
+        resumed=grant.resumed,
+        retry_ms=limits.retry_ms,
+        frame_id=last_event_id if grant.resumed else None,
+    )
+    await response.write(connected)
+    chunked = bool(getattr(writer, "chunked", True))
+    generation = session.attach(
+        transport, chunked=chunked, last_event_id=last_event_id if grant.resumed else None
+    )
+    app[STREAMS].add(response)
+    log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=identity)
+    try:
+        await session.pump(
+            generation,
+            drain=writer.drain,
+            stall_timeout_s=limits.stalled_client_timeout_s,
+            idle_check_s=limits.heartbeat_s,
+        )
+    finally:
+        hub.stream_closed(session, generation)
+        app[STREAMS].discard(response)
+        response.stop_streaming()
+        log.info("client.disconnected", client_id=client_id)
+    if not transport.is_closing():
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await response.write_eof()
+    return response
+
+
+async def subscribe(request: web.Request) -> web.Response:
+    app = request.app
+    config: Config = app[CONFIG]
+    hub: WatchHub = app[HUB]
+    access: Access = app[ACCESS]
+    identity = await access.authenticate(request)
+    body = await read_json_object(request, config.limits.max_body_bytes)
+    unknown = sorted(set(body) - _SUBSCRIBE_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}")
+    client_id = _client_id(body.get("clientId"), field="clientId")
+    query_cid = request.query.get("cid")
+    if query_cid is not None and query_cid != client_id:
+        raise InvalidRequest("clientId: the body and ?cid= name different clients")
+    try:
+        target = target_from_fields(body)
+    except InvalidField as exc:
+        raise InvalidRequest(str(exc)) from None
+    resource_version = body.get("resourceVersion")
+    if resource_version is not None and (
+        not isinstance(resource_version, str)
+        or len(resource_version) > 64
+        or not resource_version.isprintable()
+    ):
+        raise InvalidRequest("resourceVersion: must be a string of at most 64 printable characters")
+    snapshot = body.get("snapshot", True)
+    if not isinstance(snapshot, bool):
+        raise InvalidRequest("snapshot: must be true or false")
+    session = hub.session_for(client_id, identity)
+    hub.check_subscribe(session, target)  # limits before any work upstream
+    await access.authorize(request, identity, target)
+    # The session may have ended while authorization was awaited: look it up again.
+    session = hub.session_for(client_id, identity)
+    key = hub.subscribe(session, target, resource_version=resource_version or None, snapshot=snapshot)
+    return web.json_response({"channel": key})
+
+
+async def unsubscribe(request: web.Request) -> web.Response:
+    app = request.app
+    config: Config = app[CONFIG]
+    hub: WatchHub = app[HUB]
+    access: Access = app[ACCESS]
+    identity = await access.authenticate(request)
+    body = await read_json_object(request, config.limits.max_body_bytes)
+    unknown = sorted(set(body) - _UNSUBSCRIBE_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}")
+    client_id = _client_id(body.get("clientId"), field="clientId")
+    key = body.get("channel")
+    if not isinstance(key, str) or not key:
+        raise InvalidRequest("channel: must be the channel key returned by subscribe")
+    try:
+        parse_channel_key(key)
+    except InvalidField as exc:
+        raise InvalidRequest(str(exc)) from None
+    session = hub.session_for(client_id, identity)
+    hub.unsubscribe(session, key)
+    return web.json_response({"ok": True})
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HUB].stats())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[HUB].draining:
+        return web.json_response({"ready": False, "reason": "draining"}, status=503)
+    return web.json_response({"ready": True})
