@@ -214,7 +214,6 @@ def _validate(config: Config) -> None:
         if not getattr(up, prefix_key).startswith("/"):
             raise ConfigError(f"upstream.{prefix_key} must start with /")
     positive = {
-        "server.port": config.server.port,
         "server.shutdown_timeout_s": config.server.shutdown_timeout_s,
         "upstream.watch_timeout_s": up.watch_timeout_s,
         "upstream.inactivity_timeout_s": up.inactivity_timeout_s,
@@ -245,8 +244,9 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{name} must be greater than 0, not {number!r}")
     if limits.grace_period_s < 0:
         raise ConfigError(f"limits.grace_period_s must be 0 or more, not {limits.grace_period_s!r}")
-    if config.server.port > 65535:
-        raise ConfigError(f"server.port must be at most 65535, not {config.server.port}")
+    if not 0 <= config.server.port <= 65535:
+        # 0 asks the kernel for a free port; the bound address is logged as server.listening.
+        raise ConfigError(f"server.port must be from 0 to 65535, not {config.server.port}")
     if up.backoff_max_s < up.backoff_initial_s:
         raise ConfigError("upstream.backoff_max_s must be at least upstream.backoff_initial_s")
     bp = config.server.base_path

@@ -44,4 +44,3 @@ def install() -> None:
     """Make aioresponses build :class:`ShimClientResponse` by default (idempotent)."""
     if _NEEDS_SHIM and aioresponses.core.ClientResponse is ClientResponse:
         aioresponses.core.ClientResponse = ShimClientResponse  # type: ignore[misc]
-

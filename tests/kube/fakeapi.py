@@ -35,8 +35,14 @@ def bookmark(rv: int | str) -> bytes:
 
 
 def status(code: int, reason: str, message: str = "") -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
-            "message": message or reason}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message or reason,
+    }
 
 
 class FakeAPI:
@@ -56,7 +62,7 @@ class FakeAPI:
         app.router.add_get("/api/v1/namespaces/default/pods", self._handle)
         return app
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             while not predicate():
                 self.changed.clear()
@@ -77,8 +83,12 @@ class FakeAPI:
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(
-            {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": self.list_rv},
-             "items": self.items}
+            {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": self.list_rv},
+                "items": self.items,
+            }
         )
 
     # -- scripts -----------------------------------------------------------------------------
@@ -91,9 +101,11 @@ class FakeAPI:
             resp.content_type = "application/json"
             await resp.prepare(request)
             data = b"".join(chunks)
-            parts = list(chunks) if chunk_size is None else [
-                data[i : i + chunk_size] for i in range(0, len(data), chunk_size)
-            ]
+            parts = (
+                list(chunks)
+                if chunk_size is None
+                else [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+            )
             for part in parts:
                 await resp.write(part)
             if then == "stall":
@@ -119,7 +131,8 @@ class FakeAPI:
 
     def list_of(self, items: list[dict[str, Any]], rv: str) -> Script:
         async def script(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv},
-                                      "items": items})
+            return web.json_response(
+                {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
+            )
 
         return script

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
@@ -23,8 +23,14 @@ CONFIG = UpstreamConfig(url=URL, token="secret-token", list_page_size=2)
 
 
 def status(code: int, reason: str, message: str) -> dict[str, object]:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
-            "message": message}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
 
 
 @pytest.fixture
@@ -79,7 +85,9 @@ async def test_watch_http_status_errors(mocked: aioresponses, client: KubeClient
 
 
 async def test_429_retry_after_header(mocked: aioresponses, client: KubeClient) -> None:
-    mocked.get(PODS, status=429, payload=status(429, "TooManyRequests", "slow down"), headers={"Retry-After": "7"})
+    mocked.get(
+        PODS, status=429, payload=status(429, "TooManyRequests", "slow down"), headers={"Retry-After": "7"}
+    )
     with pytest.raises(e.TooManyRequestsError) as info:
         await client.list_all(TARGET)
     assert info.value.retry_after_s == 7.0
@@ -152,9 +160,13 @@ async def test_watch_error_event_status(mocked: aioresponses, client: KubeClient
     body = line("ADDED", pod("a", "5")) + line("ERROR", status(410, "Expired", "too old"))
     mocked.get(PODS, status=200, body=body)
     events: list[WatchEvent] = []
-    with pytest.raises(e.GoneError):
+
+    async def consume() -> None:
         async for batch in client.watch(TARGET, resource_version="1", timeout_s=5):
             events.extend(batch)
+
+    with pytest.raises(e.GoneError):
+        await consume()
     assert [ev.key for ev in events] == ["default/a"]  # the event before the error is delivered
 
 
@@ -204,10 +216,18 @@ async def test_watch_sends_token_and_query(mocked: aioresponses, client: KubeCli
 
 
 async def test_list_paginates(mocked: aioresponses, client: KubeClient) -> None:
-    page1 = {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10", "continue": "c/1"},
-             "items": [pod("a", "3"), pod("b", "4")]}
-    page2 = {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"},
-             "items": [pod("c", "5")]}
+    page1 = {
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "10", "continue": "c/1"},
+        "items": [pod("a", "3"), pod("b", "4")],
+    }
+    page2 = {
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "10"},
+        "items": [pod("c", "5")],
+    }
     mocked.get(PODS, status=200, payload=page1)
     mocked.get(PODS, status=200, payload=page2)
     result = await client.list_all(TARGET)

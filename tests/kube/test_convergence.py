@@ -55,9 +55,12 @@ def key_of(obj: dict[str, Any]) -> str:
 async def test_informer_converges_under_churn_and_faults(seed: int) -> None:
     rng = random.Random(seed)
     resource_type, scope = SCOPES[seed % len(SCOPES)]
-    sim_scope = {k: v for k, v in scope.items()}
+    sim_scope = dict(scope)
     target = target_of(resource_type, scope)
-    async with running_simulator(history_limit=rng.choice([5, 50, 10_000]), bookmark_interval_s=0.05) as (sim, url):
+    async with running_simulator(history_limit=rng.choice([5, 50, 10_000]), bookmark_interval_s=0.05) as (
+        sim,
+        url,
+    ):
         config = UpstreamConfig(
             url=url,
             backoff_initial_s=0.002,
@@ -106,14 +109,23 @@ async def test_informer_converges_under_churn_and_faults(seed: int) -> None:
                         elif fault == "cut_watches":
                             sim.cut_watches()
                         elif fault == "too_many":
-                            sim.inject(Fault(kind="too_many", on=rng.choice(["watch", "any"]), retry_after_s=0))
+                            sim.inject(
+                                Fault(kind="too_many", on=rng.choice(["watch", "any"]), retry_after_s=0)
+                            )
                         elif fault in ("stall", "cut", "gone"):
                             sim.inject(Fault(kind=fault, on="watch"))  # type: ignore[arg-type]
                         else:
                             sim.inject(Fault(kind=fault, on=rng.choice(["watch", "any"])))  # type: ignore[arg-type]
-                    # Let the informer interleave with the churn (a yield, not a wait for a condition).
-                    for _ in range(rng.randrange(0, 4)):
-                        await asyncio.sleep(0)
+                    if rng.random() < 0.25:
+                        # Let the informer catch up at this point (faults may delay it).
+                        at = sim.rv
+                        await rec.wait_for(
+                            lambda at=at: int(informer.resource_version or 0) >= at, timeout=10.0
+                        )
+                    else:
+                        # Or let it interleave with the churn (a yield, not a wait for a condition).
+                        for _ in range(rng.randrange(0, 4)):
+                            await asyncio.sleep(0)
 
                 def expected() -> dict[str, dict[str, Any]]:
                     return {key_of(o): o for o in sim.list_objects(resource_type, **sim_scope)}

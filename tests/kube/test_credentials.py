@@ -25,8 +25,9 @@ async def auth_server(aiohttp_server: AiohttpServer) -> tuple[str, list[str | No
 
     async def pods(request: web.Request) -> web.Response:
         seen.append(request.headers.get("Authorization"))
-        return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
-                                  "items": []})
+        return web.json_response(
+            {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}
+        )
 
     app = web.Application()
     app.router.add_get("/api/v1/pods", pods)
@@ -54,8 +55,12 @@ async def test_rotated_token_file_reaches_the_server(
             token_file.write_text("third-token-longer")  # in place: size and mtime change
             await client.list_all(TARGET)
             await client.list_all(TARGET, token="subscriber-token")
-    assert seen == ["Bearer first-token", "Bearer second-token", "Bearer third-token-longer",
-                    "Bearer subscriber-token"]
+    assert seen == [
+        "Bearer first-token",
+        "Bearer second-token",
+        "Bearer third-token-longer",
+        "Bearer subscriber-token",
+    ]
     assert any(entry["event"] == "upstream.token_reloaded" for entry in logs)
     for secret in ("first-token", "second-token", "third-token-longer", "subscriber-token"):
         assert secret not in repr(logs)

@@ -41,7 +41,7 @@ class Recorder:
         self.states.append(state)
         self.changed.set()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             while not predicate():
                 self.changed.clear()
@@ -110,11 +110,16 @@ async def test_first_list_then_watch(fake: tuple[FakeAPI, str]) -> None:
     api, _ = fake
     api.items = [pod("a", 3), pod("b", 4)]
     api.list_rv = "10"
-    api.watch_scripts = [api.stream(line("ADDED", pod("c", 11)), line("MODIFIED", pod("a", 12)), then="stall")]
+    api.watch_scripts = [
+        api.stream(line("ADDED", pod("c", 11)), line("MODIFIED", pod("a", 12)), then="stall")
+    ]
     async with running(fake) as h:
         await h.rec.wait_for(lambda: len(h.rec.events) == 4)
         assert [(e.type, e.key) for e in h.rec.events] == [
-            ("ADDED", "default/a"), ("ADDED", "default/b"), ("ADDED", "default/c"), ("MODIFIED", "default/a"),
+            ("ADDED", "default/a"),
+            ("ADDED", "default/b"),
+            ("ADDED", "default/c"),
+            ("MODIFIED", "default/a"),
         ]
         assert h.rec.states == [InformerState(InformerPhase.WATCHING, "10")]
         assert h.informer.state.phase is InformerPhase.WATCHING
@@ -146,7 +151,10 @@ async def test_tiny_chunks_crlf_blank_lines_and_multi_mib_object(fake: tuple[Fak
         await h.rec.wait_for(lambda: h.informer.resource_version == "7")
         events = h.rec.events
         assert [(e.type, e.key) for e in events] == [
-            ("ADDED", "default/a"), ("ADDED", "default/big"), ("MODIFIED", "default/a"), ("BOOKMARK", ""),
+            ("ADDED", "default/a"),
+            ("ADDED", "default/big"),
+            ("MODIFIED", "default/a"),
+            ("BOOKMARK", ""),
         ]
         for ev in events:
             assert ujson.loads(ev.object_json) == ev.object
@@ -161,8 +169,13 @@ async def test_tiny_chunks_crlf_blank_lines_and_multi_mib_object(fake: tuple[Fak
 
 async def test_object_json_is_a_slice_of_the_line(fake: tuple[FakeAPI, str]) -> None:
     api, _ = fake
-    raw = b'{"type":"ADDED","object":{"metadata":{"name":"s","namespace":"default","resourceVersion":"2"},"x":"\\u00e9/"}}\n'
-    spaced = b'{"type":"ADDED", "object": {"metadata":{"name":"t","namespace":"default","resourceVersion":"3"}}}\n'
+    raw = (
+        b'{"type":"ADDED","object":{"metadata":{"name":"s","namespace":"default","resourceVersion":"2"},'
+        b'"x":"\\u00e9/"}}\n'
+    )
+    spaced = (
+        b'{"type":"ADDED", "object": {"metadata":{"name":"t","namespace":"default","resourceVersion":"3"}}}\n'
+    )
     api.watch_scripts = [api.stream(raw, spaced, then="stall")]
     async with running(fake) as h:
         await h.rec.wait_for(lambda: len(h.rec.events) == 2)
@@ -197,7 +210,9 @@ async def test_in_stream_410_relists_and_diffs(fake: tuple[FakeAPI, str]) -> Non
     api.items = [pod("a", 1), pod("b", 2), pod("c", 3)]
     api.list_rv = "3"
     api.watch_scripts = [
-        api.stream(line("MODIFIED", pod("a", 4)), line("ERROR", status(410, "Expired", "too old resource version")))
+        api.stream(
+            line("MODIFIED", pod("a", 4)), line("ERROR", status(410, "Expired", "too old resource version"))
+        )
     ]
     api.list_scripts = [api._list, api.list_of([pod("a", 7), pod("c", 3), pod("d", 6)], "8")]
     async with running(fake) as h:
@@ -230,7 +245,9 @@ async def test_http_410_on_watch_relists(fake: tuple[FakeAPI, str]) -> None:
 
 async def test_404_on_list_is_gone(fake: tuple[FakeAPI, str]) -> None:
     api, _ = fake
-    api.list_scripts = [api.error(404, status(404, "NotFound", "the server could not find the requested resource"))]
+    api.list_scripts = [
+        api.error(404, status(404, "NotFound", "the server could not find the requested resource"))
+    ]
     async with running(fake) as h:
         await asyncio.wait_for(h.task, 5)
         assert h.rec.states[-1].phase is InformerPhase.GONE
@@ -270,7 +287,9 @@ async def test_malformed_line_resumes_from_last_rv(fake: tuple[FakeAPI, str]) ->
         assert api.watch_requests[1]["resourceVersion"] == "2"
         assert len(api.list_requests) == 1
         assert [(s.phase, s.error_code) for s in h.rec.states] == [
-            (InformerPhase.WATCHING, 0), (InformerPhase.DEGRADED, 502), (InformerPhase.WATCHING, 0),
+            (InformerPhase.WATCHING, 0),
+            (InformerPhase.DEGRADED, 502),
+            (InformerPhase.WATCHING, 0),
         ]
 
 
@@ -280,7 +299,9 @@ async def test_error_event_that_is_not_a_status(fake: tuple[FakeAPI, str]) -> No
     async with running(fake) as h:
         await h.rec.wait_for(lambda: len(h.rec.states) >= 3)
         assert [(s.phase, s.error_code) for s in h.rec.states] == [
-            (InformerPhase.WATCHING, 0), (InformerPhase.DEGRADED, 502), (InformerPhase.WATCHING, 0),
+            (InformerPhase.WATCHING, 0),
+            (InformerPhase.DEGRADED, 502),
+            (InformerPhase.WATCHING, 0),
         ]
 
 
@@ -296,7 +317,9 @@ async def test_cut_connection_resumes(fake: tuple[FakeAPI, str]) -> None:
 
 async def test_429_honours_retry_after(fake: tuple[FakeAPI, str]) -> None:
     api, _ = fake
-    api.watch_scripts = [api.error(429, status(429, "TooManyRequests", "slow"), headers={"Retry-After": "0.3"})]
+    api.watch_scripts = [
+        api.error(429, status(429, "TooManyRequests", "slow"), headers={"Retry-After": "0.3"})
+    ]
     async with running(fake) as h:
         await api.wait_for(lambda: len(api.watch_requests) == 2)
         assert api.request_times[2] - api.request_times[1] >= 0.3
@@ -328,7 +351,9 @@ async def test_token_provider_is_used(fake: tuple[FakeAPI, str], aiohttp_server:
     config = UpstreamConfig(url=url, token="gateway")
     rec = Recorder()
     async with KubeClient(config) as client:
-        informer = Informer(target=TARGET, client=client, config=config, listener=rec, token_provider=lambda: "sub")
+        informer = Informer(
+            target=TARGET, client=client, config=config, listener=rec, token_provider=lambda: "sub"
+        )
         task = asyncio.create_task(informer.run())
         await rec.wait_for(lambda: bool(rec.states))
         task.cancel()

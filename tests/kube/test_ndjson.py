@@ -35,7 +35,9 @@ def split_all(data: bytes, cuts: list[int], max_line: int = 64 * MiB) -> list[by
     return out
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(
     lines=st.lists(line_st, max_size=12),
     terms=st.lists(terminator, min_size=12, max_size=12),

@@ -26,19 +26,30 @@ ORG = "/apis/resourcemanager.miloapis.com/v1alpha1/organizations/acme/control-pl
     ("target", "expected"),
     [
         (WatchTarget("api/v1/pods"), "https://cp.example/api/v1/pods"),
-        (WatchTarget("api/v1/pods", namespace="default"), "https://cp.example/api/v1/namespaces/default/pods"),
+        (
+            WatchTarget("api/v1/pods", namespace="default"),
+            "https://cp.example/api/v1/namespaces/default/pods",
+        ),
         (WatchTarget("apis/apps/v1/deployments"), "https://cp.example/apis/apps/v1/deployments"),
         (
-            WatchTarget("apis/networking.datumapis.com/v1alpha/domains", project_id="proj-abc", namespace="default"),
+            WatchTarget(
+                "apis/networking.datumapis.com/v1alpha/domains", project_id="proj-abc", namespace="default"
+            ),
             f"https://cp.example{PROJ}/apis/networking.datumapis.com/v1alpha/domains".replace(
                 "/domains", "/namespaces/default/domains"
             ),
         ),
         (WatchTarget("api/v1/namespaces", org_id="acme"), f"https://cp.example{ORG}/api/v1/namespaces"),
         # project wins over org
-        (WatchTarget("api/v1/pods", org_id="acme", project_id="proj-abc"), f"https://cp.example{PROJ}/api/v1/pods"),
+        (
+            WatchTarget("api/v1/pods", org_id="acme", project_id="proj-abc"),
+            f"https://cp.example{PROJ}/api/v1/pods",
+        ),
         # name does not change the path: it becomes a fieldSelector
-        (WatchTarget("api/v1/pods", namespace="ns", name="web-0"), "https://cp.example/api/v1/namespaces/ns/pods"),
+        (
+            WatchTarget("api/v1/pods", namespace="ns", name="web-0"),
+            "https://cp.example/api/v1/namespaces/ns/pods",
+        ),
     ],
 )
 def test_collection_url(target: WatchTarget, expected: str) -> None:
@@ -47,7 +58,10 @@ def test_collection_url(target: WatchTarget, expected: str) -> None:
 
 def test_trailing_slash_of_base_url_and_custom_prefixes() -> None:
     cfg = UpstreamConfig(url="http://h:8080/base/", project_prefix="/p/{project}", org_prefix="/o/{org}")
-    assert build_collection_url(cfg, WatchTarget("api/v1/pods", project_id="x")) == "http://h:8080/base/p/x/api/v1/pods"
+    assert (
+        build_collection_url(cfg, WatchTarget("api/v1/pods", project_id="x"))
+        == "http://h:8080/base/p/x/api/v1/pods"
+    )
     assert scope_prefix(cfg, org_id="y") == "/o/y"
     assert scope_prefix(cfg) == ""
     assert scope_base_url(cfg, project_id="x", org_id="y") == "http://h:8080/base/p/x"

@@ -44,7 +44,19 @@ def test_label_selector_empty_value_matches_empty_label() -> None:
 
 @pytest.mark.parametrize(
     "selector",
-    ["app=web,", "=web", "app in ()", "app in (a", "app in a", "-bad=x", "app=we b", "a b", "n>x", "app=!x", "Bad/x=y"],
+    [
+        "app=web,",
+        "=web",
+        "app in ()",
+        "app in (a",
+        "app in a",
+        "-bad=x",
+        "app=we b",
+        "a b",
+        "n>x",
+        "app=!x",
+        "Bad/x=y",
+    ],
 )
 def test_label_selector_rejects(selector: str) -> None:
     with pytest.raises(SelectorError):
@@ -67,7 +79,9 @@ def test_field_selector(selector: str, name: str, namespace: str, expected: bool
     assert parse_field_selector(selector).matches(name, namespace) is expected
 
 
-@pytest.mark.parametrize("selector", ["spec.foo=bar", "metadata.name", r"metadata.name=a\x", "status.phase!=x"])
+@pytest.mark.parametrize(
+    "selector", ["spec.foo=bar", "metadata.name", r"metadata.name=a\x", "status.phase!=x"]
+)
 def test_field_selector_rejects(selector: str) -> None:
     with pytest.raises(SelectorError):
         parse_field_selector(selector)

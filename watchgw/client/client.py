@@ -132,7 +132,7 @@ class WatchClient:
                 events = parser.feed(chunk)
                 if events:
                     for event in events:
-                        self._apply(event)
+                        self.apply(event)
                     async with self._changed:
                         self._changed.notify_all()
         except (aiohttp.ClientError, ConnectionError):
@@ -142,7 +142,8 @@ class WatchClient:
             async with self._changed:
                 self._changed.notify_all()
 
-    def _apply(self, event: SSEEvent) -> None:
+    def apply(self, event: SSEEvent) -> None:
+        """Apply one event to the client's state (public so other transports can reuse it)."""
         if event.id is not None:
             self.last_event_id = event.id
             if event.id.isdigit() and event.event != "connected":

@@ -270,12 +270,7 @@ class Session:
         ends the stream even where the server does not cancel handlers on disconnect.
         """
         while self.stream_generation == generation and self.transport is not None:
-            if not self._pending and self._resync:
-                channel = next(iter(self._resync))
-                del self._resync[channel]
-                self._resnapshot(self, channel)
-                continue
-            if not self._pending:
+            if not self._pending and not self._resync:
                 if self.closing:
                     return
                 self._budget = self._limit
@@ -290,6 +285,23 @@ class Session:
             transport = self.transport
             if transport.is_closing():
                 return
+            if transport.get_write_buffer_size() >= WRITE_HIGH_WATER:
+                # The client is behind: keep frames here, where they can be coalesced or
+                # dropped for a resync, until the transport drains.
+                try:
+                    async with asyncio.timeout(stall_timeout_s):
+                        await drain()
+                except TimeoutError:
+                    log.info("client.stalled", client_id=self.client_id, timeout_s=stall_timeout_s)
+                    transport.abort()
+                    return
+                continue
+            if not self._pending:
+                # Drained: now the channels that overflowed get their fresh snapshot.
+                channel = next(iter(self._resync))
+                del self._resync[channel]
+                self._resnapshot(self, channel)
+                continue
             frames = self._pending
             self._pending = deque()
             self._pending_bytes = 0
@@ -301,13 +313,6 @@ class Session:
             self._sent_bytes += sum(len(f.wire) for f in frames)
             if self._sent_bytes > self._limit:
                 self._trim_sent()
-            try:
-                async with asyncio.timeout(stall_timeout_s):
-                    await drain()
-            except TimeoutError:
-                log.info("client.stalled", client_id=self.client_id, timeout_s=stall_timeout_s)
-                transport.abort()
-                return
 
     # ------------------------------------------------------------------ lifetime
     def schedule_expiry(self, ttl_s: float, on_expire: Callable[[], None]) -> None:

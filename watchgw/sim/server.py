@@ -412,6 +412,9 @@ class SimServer:
             return status_response(401, "Unauthorized", "Unauthorized")
         if k == "error500":
             return status_response(500, "InternalError", "Internal error occurred: injected fault")
+        if k == "not_found":
+            # What a real API server answers for a resource type it does not serve (a CRD removed).
+            return status_response(404, "NotFound", "the server could not find the requested resource")
         if k == "too_many":
             return status_response(
                 429,
@@ -865,7 +868,7 @@ def make_sim_app(sim: Simulator) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", server.handle)
 
     async def on_shutdown(_: web.Application) -> None:
-        sim.close_streams()
+        await sim.end_streams()
 
     app.on_shutdown.append(on_shutdown)
     return app

@@ -16,6 +16,7 @@ Design, for speed:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
@@ -122,7 +123,7 @@ class SimNotFound(KeyError):
 class Fault:
     """A queued failure; every matching request consumes one ``count``."""
 
-    kind: Literal["cut", "stall", "gone", "gone_http", "too_many", "error500", "unauthorized"]
+    kind: Literal["cut", "stall", "gone", "gone_http", "too_many", "error500", "unauthorized", "not_found"]
     on: Literal["list", "watch", "any"] = "watch"
     count: int = 1
     path_contains: str = ""
@@ -625,6 +626,18 @@ class Simulator:
 
     def unregister_stream(self, token: object) -> None:
         self._stream_closers.pop(token, None)
+        self._notify()
+
+    @property
+    def open_streams(self) -> int:
+        """Watch streams plus stalled list responses still open."""
+        return len(self._stream_closers)
+
+    async def end_streams(self, timeout_s: float = 5.0) -> None:
+        """close_streams(), then wait (bounded) until their handlers have finished writing."""
+        self.close_streams()
+        with contextlib.suppress(TimeoutError):
+            await self.wait_for(lambda: not self._stream_closers, timeout=timeout_s)
 
     def cut_watches(self) -> int:
         """Abort every open watch stream (mid-line where possible); returns how many."""

@@ -38,5 +38,5 @@ async def running_simulator(
         sim.closing = False
         yield sim, f"http://127.0.0.1:{port}"
     finally:
-        sim.close_streams()
+        await sim.end_streams()
         await runner.cleanup()

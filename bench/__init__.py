@@ -1,0 +1,1 @@
+"""``python -m bench``: end-to-end throughput, latency and memory figures for the gateway."""

@@ -1,0 +1,158 @@
+"""``python -m bench [scenario ...] [--quick]``: the gateway's figures, end to end, on this machine.
+
+Three kinds of processes: the upstream simulator (``bench/upstream.py``), the gateway
+(``watchgw serve``) and the load generator(s) (``bench/loadgen.py``). CPU and RSS are read from
+``/proc``. Results: one line per scenario, a table, and ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.harness import running
+from bench.scenarios import SCENARIOS, Figures, Sizes
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+Check = Callable[[Figures], "tuple[str, str, bool | None]"]
+
+
+def _num(value: Any, fmt: str = ",.0f") -> str:
+    return format(value, fmt) if isinstance(value, int | float) else str(value)
+
+
+def headline(name: str, f: Figures) -> tuple[str, str, bool | None]:
+    """(figures, goal or reference, goal met) for the summary table."""
+    if "error" in f or "skipped" in f:
+        return (str(f.get("error") or f.get("skipped")), "", None)
+    if name.startswith("fanout"):
+        text = f"{_num(f['deliveries_per_s'])} deliveries/s, {f['gw_us_per_delivery']} us/delivery"
+        if name == "fanout-5000":
+            return text, ">= 150,000 deliveries/s", f["deliveries_per_s"] >= 150_000
+        return text, "ref (TS hub): ~14,000/s, 80-120 us/delivery", None
+    if name.startswith("steady"):
+        text = f"p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms, {f['gw_us_per_delivery']} us/delivery"
+        if name == "steady-10":
+            return text, "p99 < 30 ms", f["p99_ms"] < 30
+        return text, "", None
+    if name.startswith("channels"):
+        return f"{_num(f['deliveries_per_s'])} deliveries/s, {f['gw_us_per_delivery']} us/delivery", "", None
+    if name == "idle-rss":
+        return (
+            f"{f['kb_per_idle_client']} KB per idle client ({f['clients']} clients)",
+            "<= 16 KB (ref TS hub: 50-80 KB)",
+            f["kb_per_idle_client"] <= 16,
+        )
+    if name == "slow-client":
+        ok = f["p99_ms_with_stalled"] <= max(2 * f["p99_ms_alone"], f["p99_ms_alone"] + 10)
+        return (
+            f"fast p99 {f['p99_ms_alone']} ms alone, {f['p99_ms_with_stalled']} ms with a stalled client",
+            "stalled client does not delay others",
+            ok and f["complete_with_stalled"] >= 0.999,
+        )
+    if name == "informer":
+        return (
+            f"{_num(f.get('events_per_s', 'n/a'))} events/s, {f.get('cpu_us_per_event', 'n/a')} us/event",
+            ">= 50,000 events/s",
+            f.get("events_per_s", 0) >= 50_000,
+        )
+    return "", "", None
+
+
+def line(name: str, f: Figures) -> str:
+    return f"{name:<18} " + " ".join(f"{k}={v}" for k, v in f.items())
+
+
+def table(results: dict[str, Figures]) -> str:
+    rows = [("scenario", "figures", "goal / reference", "")]
+    for name, f in results.items():
+        text, goal, met = headline(name, f)
+        rows.append((name, text, goal, {True: "MET", False: "MISSED", None: ""}[met]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    out = []
+    for i, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths).rstrip())
+    return "\n".join(out)
+
+
+async def run(names: list[str], *, quick: bool, loadgens: int) -> dict[str, Figures]:
+    results: dict[str, Figures] = {}
+    sizes = Sizes(quick=quick)
+    with tempfile.TemporaryDirectory(prefix="watchgw-bench-") as tmp:
+        workdir = Path(tmp)
+        async with running(workdir, loadgens=loadgens) as bench:
+            for name in names:
+                began = time.monotonic()
+                try:
+                    figures = await SCENARIOS[name](bench, sizes)
+                except Exception as exc:  # one broken scenario must not hide the others' figures
+                    figures = {"error": f"{type(exc).__name__}: {exc}"}
+                    log = (workdir / "gateway.log").read_text(errors="replace").splitlines()
+                    errors = [x for x in log if '"error"' in x or "Traceback" in x][-3:]
+                    if errors:
+                        figures["gateway_log"] = errors
+                    try:  # leave a clean gateway for the next scenario
+                        await bench.close_clients()
+                    except Exception as cleanup:
+                        figures["cleanup_error"] = repr(cleanup)
+                figures["scenario_s"] = round(time.monotonic() - began, 1)
+                results[name] = figures
+                print(line(name, figures), flush=True)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in about 30 s")
+    parser.add_argument("--loadgens", type=int, default=1, help="load generator processes (default 1)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    args = parser.parse_args()
+    unknown = [n for n in args.scenarios if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}")
+    names = args.scenarios or list(SCENARIOS)
+    began = time.monotonic()
+    try:
+        results = asyncio.run(run(names, quick=args.quick, loadgens=args.loadgens))
+    except KeyboardInterrupt:
+        print("interrupted; every process started was stopped", file=sys.stderr)
+        return 130
+    elapsed = time.monotonic() - began
+    print()
+    print(table(results))
+    print(f"\ntotal {elapsed:.0f} s, {os.cpu_count()} CPUs, loadgens={args.loadgens}, quick={args.quick}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                "quick": args.quick,
+                "loadgens": args.loadgens,
+                "total_s": round(elapsed, 1),
+                "scenarios": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written: {args.output}")
+    failed = any("error" in f for f in results.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

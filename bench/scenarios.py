@@ -1,0 +1,233 @@
+"""The scenarios of ``python -m bench``: each returns its figures as one flat dict."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.harness import PYTHON, RESOURCE_TYPE, ROOT, Bench, Phase, stop
+
+Figures = dict[str, Any]
+
+#: Objects per channel that the bursts update round-robin (and that each snapshot carries).
+OBJECTS = 10
+WARMUP_EVENTS = 30
+
+
+@dataclass(frozen=True)
+class Sizes:
+    quick: bool
+
+    def pick(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+def _channel(project: str) -> dict[str, str]:
+    return {"project": project, "namespace": "default"}
+
+
+def _sub(project: str) -> dict[str, str]:
+    return {"resourceType": RESOURCE_TYPE, "projectId": project, "namespace": "default"}
+
+
+def _phase_figures(phase: Phase) -> Figures:
+    return {
+        "events": phase.sent,
+        "deliveries": phase.deliveries,
+        "complete": round(phase.deliveries / max(phase.expected, 1), 4),
+        "deliveries_per_s": round(phase.rate),
+        "gw_us_per_delivery": round(phase.cpu_us_per_delivery(), 2),
+        "gw_cpu_share": round(phase.cpu["gateway"] / phase.span, 2),
+        "gw_kernel_pct": round(100 * phase.system["gateway"] / max(phase.cpu["gateway"], 1e-9)),
+        "loadgen_cpu_share": round(
+            sum(v for k, v in phase.cpu.items() if k.startswith("loadgen")) / phase.span, 2
+        ),
+        "upstream_cpu_share": round(phase.cpu["upstream"] / phase.span, 2),
+        "frames_per_read": round(phase.deliveries / max(phase.chunks, 1), 2),
+        "p50_ms": round(phase.percentile_ms(0.50), 2),
+        "p99_ms": round(phase.percentile_ms(0.99), 2),
+        "max_ms": round(phase.percentile_ms(1.0), 2),
+        "span_s": round(phase.span, 2),
+        "gw_counted_deliveries": int(phase.gateway_deliveries),
+    }
+
+
+async def _connect_one_channel(bench: Bench, clients: int, prefix: str) -> tuple[list[dict[str, str]], float]:
+    channels = [_channel("bench")]
+    await bench.setup_objects(channels, OBJECTS)
+    conn = await bench.connect(group="fast", prefix=prefix, clients=clients, subs=[_sub("bench")])
+    await bench.wait_subscriptions(clients)
+    return channels, conn["seconds"]
+
+
+async def fanout(bench: Bench, sizes: Sizes, clients: int) -> Figures:
+    """One channel, a burst as fast as the upstream makes it, sized to last ~7 s."""
+    target_s = 2.0 if sizes.quick else 7.0
+    channels, connect_s = await _connect_one_channel(bench, clients, "fan")
+    try:
+        warm = await bench.measure(
+            channels=channels, objects=OBJECTS, count=WARMUP_EVENTS, rate=0, per_client=WARMUP_EVENTS
+        )
+        count = int(min(max(warm.rate * target_s / clients, 20), 20_000))
+        await asyncio.sleep(0.5)
+        phase = await bench.measure(channels=channels, objects=OBJECTS, count=count, rate=0, per_client=count)
+    finally:
+        await bench.close_clients()
+    return {"clients": clients, "connect_s": connect_s, **_phase_figures(phase)}
+
+
+async def steady(bench: Bench, sizes: Sizes, clients: int, rate: int) -> Figures:
+    """One channel at a fixed event rate: end-to-end latency."""
+    duration = 3 if sizes.quick else 10
+    channels, connect_s = await _connect_one_channel(bench, clients, f"st{rate}")
+    try:
+        count = rate * duration
+        phase = await bench.measure(
+            channels=channels, objects=OBJECTS, count=count, rate=rate, per_client=count
+        )
+    finally:
+        await bench.close_clients()
+    return {"clients": clients, "rate": rate, "connect_s": connect_s, **_phase_figures(phase)}
+
+
+async def many_channels(bench: Bench, sizes: Sizes) -> Figures:
+    """Many channels with a few clients each; events spread round-robin over the channels."""
+    n_channels = sizes.pick(1000, 50)
+    per_channel = sizes.pick(10, 4)
+    target_s = 2.0 if sizes.quick else 7.0
+    objects = 2
+    projects = [f"p{i:04d}" for i in range(n_channels)]
+    channels = [_channel(p) for p in projects]
+    clients = n_channels * per_channel
+    await bench.setup_objects(channels, objects)
+    conn = await bench.connect(group="fast", prefix="chan", clients=clients, subs=[_sub(p) for p in projects])
+    await bench.wait_subscriptions(clients)
+    try:
+        warm = await bench.measure(channels=channels, objects=objects, count=n_channels, rate=0, per_client=1)
+        per = int(min(max(warm.rate * target_s / clients, 2), 2000))
+        await asyncio.sleep(0.5)
+        phase = await bench.measure(
+            channels=channels, objects=objects, count=per * n_channels, rate=0, per_client=per
+        )
+    finally:
+        await bench.close_clients()
+    return {
+        "channels": n_channels,
+        "clients": clients,
+        "connect_s": conn["seconds"],
+        **_phase_figures(phase),
+    }
+
+
+async def idle_rss(bench: Bench, sizes: Sizes) -> Figures:
+    """Gateway RSS growth per idle subscribed client (each got a 10-object snapshot)."""
+    clients = sizes.pick(5000, 300)
+    await asyncio.sleep(1.0)
+    before = bench.gateway_rss_kb()
+    channels, connect_s = await _connect_one_channel(bench, clients, "idle")
+    del channels
+    try:
+        await asyncio.sleep(3.0)
+        after = bench.gateway_rss_kb()
+    finally:
+        await bench.close_clients()
+    await asyncio.sleep(1.0)
+    released = bench.gateway_rss_kb()
+    return {
+        "clients": clients,
+        "connect_s": connect_s,
+        "rss_before_kb": before,
+        "rss_idle_kb": after,
+        "rss_after_close_kb": released,
+        "kb_per_idle_client": round((after - before) / clients, 2),
+    }
+
+
+async def slow_client(bench: Bench, sizes: Sizes) -> Figures:
+    """Fast clients' latency at 100 events/s, without and then with one client that stopped reading."""
+    clients = sizes.pick(1000, 200)
+    duration = 3 if sizes.quick else 8
+    rate = 100
+    count = rate * duration
+    channels, _ = await _connect_one_channel(bench, clients, "slow")
+    try:
+        alone = await bench.measure(
+            channels=channels, objects=OBJECTS, count=count, rate=rate, per_client=count
+        )
+        await bench.connect(group="stall", prefix="stall", clients=1, subs=[_sub("bench")], stall=True)
+        await bench.wait_subscriptions(clients + 1)
+        stalled = await bench.measure(
+            channels=channels, objects=OBJECTS, count=count, rate=rate, per_client=count
+        )
+        metrics = await bench.metrics()
+        stats = await bench.stats()
+    finally:
+        await bench.close_clients()
+    return {
+        "clients": clients,
+        "rate": rate,
+        "p50_ms_alone": round(alone.percentile_ms(0.5), 2),
+        "p99_ms_alone": round(alone.percentile_ms(0.99), 2),
+        "p50_ms_with_stalled": round(stalled.percentile_ms(0.5), 2),
+        "p99_ms_with_stalled": round(stalled.percentile_ms(0.99), 2),
+        "complete_alone": round(alone.deliveries / max(alone.expected, 1), 4),
+        "complete_with_stalled": round(stalled.deliveries / max(stalled.expected, 1), 4),
+        "gw_us_per_delivery_alone": round(alone.cpu_us_per_delivery(), 2),
+        "gw_us_per_delivery_with_stalled": round(stalled.cpu_us_per_delivery(), 2),
+        "stalled_pending_bytes": int(metrics.get("watchgw_pending_bytes", 0)),
+        "coalesced": int(metrics.get("watchgw_coalesced_total", 0)),
+        "resyncs": int(metrics.get("watchgw_resyncs_total", 0)),
+        "streams_open": stats.get("streams"),
+    }
+
+
+async def informer(bench: Bench, sizes: Sizes) -> Figures:
+    """``bench/informer_bench.py`` (someone else's), in a child process, when it exists."""
+    del bench
+    if importlib.util.find_spec("bench.informer_bench") is None:
+        return {"skipped": "bench/informer_bench.py not present"}
+    events = sizes.pick(100_000, 10_000)
+    code = (
+        "import asyncio, json, bench.informer_bench as b\n"
+        f"print(json.dumps(asyncio.run(b.run(events={events}))))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-c",
+        code,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 240)
+    except TimeoutError:
+        return {"error": "timed out after 240 s"}
+    finally:
+        await stop(proc)
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+    result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+
+
+Scenario = Callable[[Bench, Sizes], Awaitable[Figures]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "idle-rss": idle_rss,
+    "fanout-1000": lambda b, s: fanout(b, s, s.pick(1000, 200)),
+    "fanout-5000": lambda b, s: fanout(b, s, s.pick(5000, 500)),
+    "steady-10": lambda b, s: steady(b, s, s.pick(1000, 200), 10),
+    "steady-100": lambda b, s: steady(b, s, s.pick(1000, 200), 100),
+    "channels-1000x10": many_channels,
+    "slow-client": slow_client,
+    "informer": informer,
+}
+
+__all__ = ["SCENARIOS", "Figures", "Sizes"]

@@ -1,0 +1,91 @@
+"""The daemon as an operator runs it: `watchgw serve` in its own process, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from watchgw.client.client import WatchClient
+from watchgw.sim import running_simulator
+
+
+@contextlib.asynccontextmanager
+async def serving(config_text: str, tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    path = tmp_path / "watchgw.toml"
+    path.write_text(config_text)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watchgw",
+        "serve",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "WATCHGW_UPSTREAM_TOKEN": "tok-never-logged-123"},
+    )
+    try:
+        assert proc.stderr is not None
+        url = ""
+        async with asyncio.timeout(30):
+            while not url:
+                line = await proc.stderr.readline()
+                assert line, "the server exited before listening"
+                record = json.loads(line)
+                if record["event"] == "server.listening":
+                    url = record["url"]
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def config_for(upstream: str, *, shutdown_timeout_s: float = 3) -> str:
+    return (
+        f'[server]\nhost = "127.0.0.1"\nport = 0\nshutdown_timeout_s = {shutdown_timeout_s}\n'
+        f'[upstream]\nurl = "{upstream}"\n[log]\nformat = "json"\n'
+    )
+
+
+async def test_sigterm_drains_clients_and_exits_zero_in_time(tmp_path: Path) -> None:
+    async with running_simulator() as (sim, sim_url), serving(config_for(sim_url), tmp_path) as (proc, url):
+        sim.create("api/v1/secrets", {"metadata": {"name": "a"}}, namespace="default")
+        clients = [WatchClient(url, record=True) for _ in range(3)]
+        try:
+            for client in clients:
+                await client.connect()
+                channel = await client.subscribe(resourceType="api/v1/secrets", namespace="default")
+                await client.wait_synced(channel)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            for client in clients:
+                await client.wait_for(lambda c: c.reconnect_requested and c.stream_ended.is_set(), timeout=5)
+            assert proc.stderr is not None
+            rest = await asyncio.wait_for(proc.stderr.read(), timeout=10)
+            code = await asyncio.wait_for(proc.wait(), timeout=10)
+            assert code == 0
+            assert time.monotonic() - started < 3 + 2
+            events = [json.loads(line)["event"] for line in rest.splitlines() if line.startswith(b"{")]
+            assert "server.draining" in events and "server.stopped" in events
+            assert b"tok-never-logged-123" not in rest
+            await sim.wait_for(lambda: sim.open_watches == 0)
+        finally:
+            for client in clients:
+                await client.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_idle_server_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    async with running_simulator() as (_sim, sim_url), serving(config_for(sim_url), tmp_path) as (proc, _url):
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0

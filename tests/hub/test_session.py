@@ -1,0 +1,175 @@
+"""Session delivery: fast path, backlog, coalescing, resync on overflow, replay after Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from watchgw.hub.frames import Frame, FrameFactory
+from watchgw.hub.session import WRITE_HIGH_WATER, Session
+from watchgw.kube.types import ObjectKey
+
+
+class FakeTransport(asyncio.WriteTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.buffered = 0
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.closing = True
+
+
+class FakeChannel:
+    """Stands in for hub.channel.Channel in ``session.channels`` (only membership matters)."""
+
+
+FRAMES = FrameFactory(start_id=100)
+
+
+def watch_frame(channel: str, name: str, size: int = 100) -> Frame:
+    return FRAMES.watch(
+        channel_json=b'"%s"' % channel.encode(),
+        channel=channel,
+        type="MODIFIED",
+        key=ObjectKey(f"default/{name}"),
+        object_json=b'{"metadata":{"name":"%s"},"pad":"%s"}' % (name.encode(), b"x" * size),
+        resource_version="1",
+    )
+
+
+def make_session(buffer_bytes: int = 10_000) -> tuple[Session, list[str]]:
+    resnapshots: list[str] = []
+
+    def resnapshot(session: Session, channel: str) -> None:
+        resnapshots.append(channel)
+        session.push(FRAMES.event("resync", {"channel": channel, "reason": "overflow"}, channel=channel))
+
+    session = Session(client_id="c1", identity="anonymous", buffer_bytes=buffer_bytes, resnapshot=resnapshot)
+    session.channels["a"] = FakeChannel()  # type: ignore[assignment]
+    session.channels["b"] = FakeChannel()  # type: ignore[assignment]
+    return session, resnapshots
+
+
+def text(transport: FakeTransport) -> bytes:
+    return b"".join(transport.written)
+
+
+async def test_keeping_up_writes_straight_to_the_transport() -> None:
+    session, _ = make_session()
+    transport = FakeTransport()
+    session.attach(transport, chunked=True, last_event_id=None)
+    frame = watch_frame("a", "x")
+    session.push(frame)
+    assert transport.written == [frame.wire]
+    assert session.pending_bytes == 0
+
+
+async def test_behind_queues_then_coalesces_the_same_object() -> None:
+    session, _ = make_session(buffer_bytes=2_000)
+    transport = FakeTransport()
+    transport.buffered = WRITE_HIGH_WATER  # the socket is not draining
+    session.attach(transport, chunked=True, last_event_id=None)
+    for version in range(40):
+        session.push(watch_frame("a", "same", size=10 + version))
+    assert transport.written == []
+    assert session.pending_bytes <= 2_000
+    assert session.coalesced > 0
+    pending = list(session._pending)
+    # Coalescing runs when the budget is exceeded, so only the updates since then remain.
+    assert len([f for f in pending if f.key == "default/same"]) < 10
+    assert session._resync == {}, "coalescing was enough: no resync"
+    assert b'"pad":"' + b"x" * 49 + b'"' in pending[-1].wire, "the latest state wins"
+
+
+async def test_overflow_of_distinct_objects_marks_resync_and_drops_that_channel() -> None:
+    session, resnapshots = make_session(buffer_bytes=3_000)
+    transport = FakeTransport()
+    transport.buffered = WRITE_HIGH_WATER
+    session.attach(transport, chunked=True, last_event_id=None)
+    session.push(watch_frame("b", "only-b"))
+    for i in range(60):
+        session.push(watch_frame("a", f"obj-{i}"))
+    assert "a" in session._resync
+    assert all(f.channel != "a" for f in session._pending)
+    assert session.pending_bytes <= 3_000
+    # Frames of a channel waiting for its snapshot are not queued again.
+    session.push(watch_frame("a", "late"))
+    assert all(f.channel != "a" for f in session._pending)
+
+    # The client drains: pending is written in one write, then the resync snapshot follows.
+    transport.buffered = 0
+    drained = asyncio.Event()
+
+    async def drain() -> None:
+        drained.set()
+
+    generation = session.stream_generation
+    pump = asyncio.create_task(session.pump(generation, drain=drain, stall_timeout_s=5, idle_check_s=5))
+    await drained.wait()
+    async with asyncio.timeout(5):
+        while not resnapshots:
+            await asyncio.sleep(0)
+    assert resnapshots == ["a"]
+    assert b"only-b" in text(transport)
+    session.detach(generation)
+    await pump
+
+
+async def test_stalled_client_is_aborted_after_the_timeout() -> None:
+    session, _ = make_session()
+    transport = FakeTransport()
+    generation = session.attach(transport, chunked=True, last_event_id=None)
+    transport.buffered = WRITE_HIGH_WATER
+    session.push(watch_frame("a", "x"))
+
+    async def never_drains() -> None:
+        await asyncio.Event().wait()
+
+    await session.pump(generation, drain=never_drains, stall_timeout_s=0.05, idle_check_s=5)
+    assert transport.aborted
+
+
+async def test_replay_after_last_event_id() -> None:
+    session, _ = make_session(buffer_bytes=100_000)
+    first = FakeTransport()
+    generation = session.attach(first, chunked=True, last_event_id=None)
+    frames = [watch_frame("a", f"o{i}") for i in range(5)]
+    for frame in frames:
+        session.push(frame)
+    session.detach(generation)
+    missed = watch_frame("b", "while-away")
+    session.push(missed)  # queued: no stream
+
+    second = FakeTransport()
+    session.attach(second, chunked=True, last_event_id=frames[2].id)
+    wires = list(session._pending)
+    assert [f.id for f in wires] == [frames[3].id, frames[4].id, missed.id]
+
+
+async def test_replay_beyond_trimmed_history_resyncs_only_that_channel() -> None:
+    session, _ = make_session(buffer_bytes=1_500)
+    transport = FakeTransport()
+    generation = session.attach(transport, chunked=True, last_event_id=None)
+    start = watch_frame("b", "b-old")
+    session.push(start)
+    for i in range(30):
+        session.push(watch_frame("a", f"o{i}"))  # pushes b-old and early a frames out of history
+    last_b = watch_frame("b", "b-new")
+    session.push(last_b)
+    session.detach(generation)
+    session.attach(FakeTransport(), chunked=True, last_event_id=start.id)
+    assert "a" in session._resync or "b" in session._resync
+    assert all(f.channel not in session._resync for f in session._pending)
