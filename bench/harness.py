@@ -139,16 +139,25 @@ class Phase:
         return self.cpu[name] * 1e6 / max(self.deliveries, 1)
 
     def percentile_ms(self, q: float) -> float:
-        total = sum(self.hist.values())
-        if not total:
-            return float("nan")
-        rank = q * total
-        seen = 0
-        for bucket in sorted(self.hist):
-            seen += self.hist[bucket]
-            if seen >= rank:
-                return (bucket + 0.5) * 0.1
-        return max(self.hist) * 0.1
+        return percentile_ms([self], q)
+
+
+def percentile_ms(phases: Sequence[Phase], q: float) -> float:
+    """Latency quantile ``q`` (0..1) over the pooled histograms of ``phases``, in milliseconds."""
+    hist: dict[int, int] = {}
+    for phase in phases:
+        for bucket, n in phase.hist.items():
+            hist[bucket] = hist.get(bucket, 0) + n
+    total = sum(hist.values())
+    if not total:
+        return float("nan")
+    rank = q * total
+    seen = 0
+    for bucket in sorted(hist):
+        seen += hist[bucket]
+        if seen >= rank:
+            return round((bucket + 0.5) * 0.1, 2)
+    return round(max(hist) * 0.1, 2)
 
 
 @dataclass
@@ -192,11 +201,13 @@ class Bench:
                     out[name] = float(value)
         return out
 
-    async def wait_subscriptions(self, total: int, within_s: float = 60.0) -> None:
+    async def wait_subscriptions(self, total: int, within_s: float = 60.0, *, exact: bool = False) -> None:
+        """Until the gateway lists ``total`` subscriptions (at least, or ``exact``-ly)."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             stats = await self.stats()
-            if sum(stats["subscriptions"].values()) >= total:
+            have = sum(stats["subscriptions"].values())
+            if have == total or (have > total and not exact):
                 return
             await asyncio.sleep(0.2)
         raise RuntimeError(f"gateway shows fewer than {total} subscriptions after {within_s} s")
@@ -231,9 +242,17 @@ class Bench:
 
     # ------------------------------------------------------------------ clients
     async def connect(
-        self, *, group: str, prefix: str, clients: int, subs: list[dict[str, str]], stall: bool = False
+        self,
+        *,
+        group: str,
+        prefix: str,
+        clients: int,
+        subs: list[dict[str, str]],
+        stall: bool = False,
+        all_subs: bool = False,
     ) -> dict[str, Any]:
-        """Open ``clients`` streams split over the load generators; client i takes subs[i % len]."""
+        """Open ``clients`` streams split over the load generators; client i takes subs[i % len]
+        (or all of them, with ``all_subs``)."""
         n = len(self.loadgens)
         bounds = [clients * k // n for k in range(n + 1)]
         replies = await asyncio.gather(
@@ -247,6 +266,7 @@ class Bench:
                         "stop": bounds[k + 1],
                         "subs": subs,
                         "stall": stall,
+                        "allSubs": all_subs,
                     }
                 )
                 for k, lg in enumerate(self.loadgens)
@@ -260,6 +280,16 @@ class Bench:
             first = next(r["firstError"] for r in replies if r["firstError"])
             raise RuntimeError(f"{errors} of {clients} clients failed to connect; first: {first}")
         return {"seconds": max(r["seconds"] for r in replies)}
+
+    async def close_group(self, group: str) -> None:
+        """Close one group's clients (the others stay connected)."""
+        await asyncio.gather(*(lg.call({"cmd": "close", "group": group}) for lg in self.loadgens))
+        self.clients.pop(group, None)
+
+    async def burst(self, channels: list[dict[str, str]], *, objects: int, count: int) -> dict[str, Any]:
+        """An unmeasured burst, as fast as possible."""
+        body = {"resourceType": RESOURCE_TYPE, "channels": channels, "objects": objects, "count": count}
+        return await self._post_upstream("burst", {**body, "rate": 0, "size": 1024}, 60)
 
     async def close_clients(self) -> None:
         await asyncio.gather(*(lg.call({"cmd": "close"}) for lg in self.loadgens))

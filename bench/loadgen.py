@@ -5,13 +5,14 @@ each answered by one JSON line on stdout:
 
 - ``{"cmd": "connect", "group": G, "prefix": P, "start": a, "stop": b, "subs": [...], "stall": false}``
   opens clients ``a .. b-1`` (``cid = P-<index>``), subscribes client ``i`` to ``subs[i % len(subs)]``
-  over a small pool of keep-alive connections and waits until each has its ``synced`` event. A
-  ``stall`` client stops reading its socket once synced (a reader that went away without closing).
+  (to every one of ``subs`` with ``"allSubs": true``) over a small pool of keep-alive connections
+  and waits until each has its ``synced`` events. A ``stall`` client stops reading its socket once
+  synced (a reader that went away without closing).
 - ``{"cmd": "arm"}``: reset every group's counters (what arrived before this is not measured).
 - ``{"cmd": "wait", "group": G, "expect": N, "timeout": s, "idle": s}``: until the group received
   ``N`` watch events, nothing arrived for ``idle`` seconds, or ``timeout``. Answers the count, the
   wall-clock time of the last delivery and the latency histogram (sparse, 0.1 ms buckets).
-- ``{"cmd": "close"}`` closes every client; ``{"cmd": "quit"}`` exits.
+- ``{"cmd": "close"}`` closes every client (``"group": G``: that group's); ``{"cmd": "quit"}`` exits.
 
 Counting is cheap on purpose: per received chunk, ``bytes.count`` of ``event: watch`` (a short
 tail of the previous chunk covers markers split across reads) and one latency sample, from the last
@@ -220,15 +221,19 @@ class LoadGen:
         else:
             await loop.create_connection(lambda: client, self.host, self.port)
 
-    async def _client(self, client: StreamClient, sub: dict[str, Any], sem: asyncio.Semaphore) -> str | None:
+    async def _client(
+        self, client: StreamClient, subs: list[dict[str, Any]], sem: asyncio.Semaphore
+    ) -> str | None:
+        client.synced_needed = len(subs)
         try:
             async with sem:
                 await self._open(client)
                 await asyncio.wait_for(client.connected, STEP_TIMEOUT_S)
             assert self.pool is not None
-            status = await asyncio.wait_for(self.pool.subscribe({"clientId": client.cid, **sub}), 60)
-            if status != 200:
-                return f"subscribe {client.cid}: HTTP {status}"
+            for sub in subs:
+                status = await asyncio.wait_for(self.pool.subscribe({"clientId": client.cid, **sub}), 60)
+                if status != 200:
+                    return f"subscribe {client.cid}: HTTP {status}"
             await asyncio.wait_for(client.synced, STEP_TIMEOUT_S * 2)
         except (OSError, TimeoutError) as exc:
             return f"{client.cid}: {exc!r}"
@@ -254,7 +259,7 @@ class LoadGen:
         ]
         group.clients.extend(clients)
         coros: list[Awaitable[str | None]] = [
-            self._client(c, subs[i % len(subs)], sem)
+            self._client(c, subs if cmd.get("allSubs") else [subs[i % len(subs)]], sem)
             for i, c in zip(range(start, stop), clients, strict=True)
         ]
         errors = [e for e in await asyncio.gather(*coros) if e]
@@ -288,15 +293,17 @@ class LoadGen:
             "open": sum(1 for c in group.clients if c.transport is not None),
         }
 
-    async def close(self) -> dict[str, Any]:
+    async def close(self, only: str | None = None) -> dict[str, Any]:
         closed = 0
         for group in self.groups.values():
+            if only is not None and group.name != only:
+                continue
             for client in group.clients:
                 if client.transport is not None:
                     client.transport.abort()
                     closed += 1
             group.clients.clear()
-        if self.pool is not None:
+        if only is None and self.pool is not None:
             await self.pool.close()
             self.pool = None
         await asyncio.sleep(0.1)
@@ -313,7 +320,7 @@ class LoadGen:
         if name == "wait":
             return await self.wait(cmd)
         if name == "close":
-            return await self.close()
+            return await self.close(cmd.get("group"))
         return {"error": f"unknown command {name!r}"}
 
 

@@ -9,13 +9,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import PYTHON, RESOURCE_TYPE, ROOT, Bench, Phase, stop
+from bench.harness import PYTHON, RESOURCE_TYPE, ROOT, Bench, Phase, percentile_ms, stop
 
 Figures = dict[str, Any]
 
 #: Objects per channel that the bursts update round-robin (and that each snapshot carries).
 OBJECTS = 10
 WARMUP_EVENTS = 30
+#: Unmeasured events for the stalled client alone: more than the kernel buffers between it and the gateway.
+FILL_EVENTS = 8000
 
 
 @dataclass(frozen=True)
@@ -147,41 +149,87 @@ async def idle_rss(bench: Bench, sizes: Sizes) -> Figures:
     }
 
 
+async def _wait_slow_path(bench: Bench, within_s: float = 15.0) -> float:
+    """Until the gateway queues bytes for a client that is behind (bounded); returns them."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    pending = 0.0
+    while asyncio.get_running_loop().time() < deadline:
+        pending = (await bench.metrics()).get("watchgw_pending_bytes", 0.0)
+        if pending > 0:
+            break
+        await asyncio.sleep(0.2)
+    return pending
+
+
 async def slow_client(bench: Bench, sizes: Sizes) -> Figures:
-    """Fast clients' latency at 100 events/s, without and then with one client that stopped reading."""
+    """Fast clients' latency at 100 events/s, alternately without and with one stalled client.
+
+    The stalled client subscribes to the fast clients' channel and to a channel of its own, which
+    gets an unmeasured burst of ``FILL_EVENTS`` first: that fills the kernel buffers between the
+    two processes, so during the measured run the gateway really holds a client that is behind
+    (its pending bytes, coalesced updates and resyncs are reported).
+    """
     clients = sizes.pick(1000, 200)
-    duration = 3 if sizes.quick else 8
+    rounds = sizes.pick(2, 1)
+    duration = 3 if sizes.quick else 5
     rate = 100
     count = rate * duration
     channels, _ = await _connect_one_channel(bench, clients, "slow")
+    fill = [_channel("fill")]
+    await bench.setup_objects(fill, OBJECTS)
+    alone: list[Phase] = []
+    stalled: list[Phase] = []
+    pending: list[float] = []
+    coalesced = resyncs = 0
+    run: dict[str, Any] = {
+        "channels": channels,
+        "objects": OBJECTS,
+        "count": count,
+        "rate": rate,
+        "per_client": count,
+    }
     try:
-        alone = await bench.measure(
-            channels=channels, objects=OBJECTS, count=count, rate=rate, per_client=count
-        )
-        await bench.connect(group="stall", prefix="stall", clients=1, subs=[_sub("bench")], stall=True)
-        await bench.wait_subscriptions(clients + 1)
-        stalled = await bench.measure(
-            channels=channels, objects=OBJECTS, count=count, rate=rate, per_client=count
-        )
-        metrics = await bench.metrics()
-        stats = await bench.stats()
+        for r in range(rounds):
+            alone.append(await bench.measure(**run))
+            await bench.connect(
+                group="stall",
+                prefix=f"stall{r}",
+                clients=1,
+                subs=[_sub("bench"), _sub("fill")],
+                stall=True,
+                all_subs=True,
+            )
+            await bench.wait_subscriptions(clients + 2)
+            await bench.burst(fill, objects=OBJECTS, count=FILL_EVENTS)
+            pending.append(await _wait_slow_path(bench))
+            stalled.append(await bench.measure(**run))
+            seen = await bench.metrics()  # before the stalled session is gone with its counters
+            pending.append(seen.get("watchgw_pending_bytes", 0.0))
+            coalesced += int(seen.get("watchgw_coalesced_total", 0))
+            resyncs += int(seen.get("watchgw_resyncs_total", 0))
+            await bench.close_group("stall")
+            await bench.wait_subscriptions(clients, exact=True)
     finally:
         await bench.close_clients()
     return {
         "clients": clients,
         "rate": rate,
-        "p50_ms_alone": round(alone.percentile_ms(0.5), 2),
-        "p99_ms_alone": round(alone.percentile_ms(0.99), 2),
-        "p50_ms_with_stalled": round(stalled.percentile_ms(0.5), 2),
-        "p99_ms_with_stalled": round(stalled.percentile_ms(0.99), 2),
-        "complete_alone": round(alone.deliveries / max(alone.expected, 1), 4),
-        "complete_with_stalled": round(stalled.deliveries / max(stalled.expected, 1), 4),
-        "gw_us_per_delivery_alone": round(alone.cpu_us_per_delivery(), 2),
-        "gw_us_per_delivery_with_stalled": round(stalled.cpu_us_per_delivery(), 2),
-        "stalled_pending_bytes": int(metrics.get("watchgw_pending_bytes", 0)),
-        "coalesced": int(metrics.get("watchgw_coalesced_total", 0)),
-        "resyncs": int(metrics.get("watchgw_resyncs_total", 0)),
-        "streams_open": stats.get("streams"),
+        "rounds": rounds,
+        "p50_ms_alone": percentile_ms(alone, 0.5),
+        "p99_ms_alone": percentile_ms(alone, 0.99),
+        "p99_ms_alone_runs": [p.percentile_ms(0.99) for p in alone],
+        "p50_ms_with_stalled": percentile_ms(stalled, 0.5),
+        "p99_ms_with_stalled": percentile_ms(stalled, 0.99),
+        "p99_ms_with_stalled_runs": [p.percentile_ms(0.99) for p in stalled],
+        "complete_alone": round(sum(p.deliveries for p in alone) / sum(p.expected for p in alone), 4),
+        "complete_with_stalled": round(
+            sum(p.deliveries for p in stalled) / sum(p.expected for p in stalled), 4
+        ),
+        "gw_us_per_delivery_alone": round(sum(p.cpu_us_per_delivery() for p in alone) / rounds, 2),
+        "gw_us_per_delivery_with_stalled": round(sum(p.cpu_us_per_delivery() for p in stalled) / rounds, 2),
+        "stalled_pending_bytes_before_after": [int(b) for b in pending],
+        "coalesced": coalesced,
+        "resyncs": resyncs,
     }
 
 

@@ -96,12 +96,17 @@ def test_check_config_command(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 1
-    assert "server.prot" in bad.stderr and str(bad_file) in bad.stderr
+    assert "server.prot" in bad.stderr
+    assert str(bad_file) in bad.stderr
 
 
 def test_version_command() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "watchgw", "--version"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "watchgw", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0
     assert out.stdout.startswith("watchgw ")

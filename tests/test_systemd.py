@@ -24,7 +24,7 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+    assert (result.stdout + result.stderr).strip() == ""
 
 
 def test_unit_runs_the_documented_commands() -> None:

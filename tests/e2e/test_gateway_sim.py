@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
@@ -84,12 +83,17 @@ async def stack(stack_factory: Callable[..., Any]) -> Stack:
 
 
 def sim_state(sim: Simulator, resource_type: str, **scope: str) -> dict[str, Any]:
-    return {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in sim.list_objects(resource_type, **scope)}
+    return {
+        f"{o['metadata']['namespace']}/{o['metadata']['name']}": o
+        for o in sim.list_objects(resource_type, **scope)
+    }
 
 
 def churn(sim: Simulator, rng: random.Random, steps: int, *, project: str = "proj-abc") -> None:
     for _ in range(steps):
-        names = [o["metadata"]["name"] for o in sim.list_objects(SECRETS, project=project, namespace="default")]
+        names = [
+            o["metadata"]["name"] for o in sim.list_objects(SECRETS, project=project, namespace="default")
+        ]
         action = rng.random()
         if not names or action < 0.4:
             sim.create(
@@ -113,7 +117,9 @@ async def test_n_clients_one_channel_one_list_one_watch(stack: Stack) -> None:
     for i in range(3):
         sim.create(SECRETS, {"metadata": {"name": f"pre-{i}"}}, project="proj-abc", namespace="default")
     clients = [await stack.client() for _ in range(8)]
-    keys = {await c.subscribe(resourceType=SECRETS, projectId="proj-abc", namespace="default") for c in clients}
+    keys = {
+        await c.subscribe(resourceType=SECRETS, projectId="proj-abc", namespace="default") for c in clients
+    }
     (channel,) = keys
     for client in clients:
         await client.wait_synced(channel)
@@ -172,7 +178,8 @@ async def test_relist_after_410_converges_without_resync(stack: Stack) -> None:
     await client.wait_for(lambda c: c.objects(channel) == expected)
     assert client.resyncs == 0
     deleted = [e for e in client.events if e.event == "watch" and '"DELETED"' in e.data]
-    assert len(deleted) == 1 and '"o1"' in deleted[0].data
+    assert len(deleted) == 1
+    assert '"o1"' in deleted[0].data
     assert sim.list_requests == 2, "exactly one relist"
 
 

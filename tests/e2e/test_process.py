@@ -76,7 +76,8 @@ async def test_sigterm_drains_clients_and_exits_zero_in_time(tmp_path: Path) -> 
             assert code == 0
             assert time.monotonic() - started < 3 + 2
             events = [json.loads(line)["event"] for line in rest.splitlines() if line.startswith(b"{")]
-            assert "server.draining" in events and "server.stopped" in events
+            assert "server.draining" in events
+            assert "server.stopped" in events
             assert b"tok-never-logged-123" not in rest
             await sim.wait_for(lambda: sim.open_watches == 0)
         finally:

@@ -50,11 +50,20 @@ def watch_frame(channel: str, name: str, size: int = 100) -> Frame:
     )
 
 
-def make_session(buffer_bytes: int = 10_000) -> tuple[Session, list[str]]:
-    resnapshots: list[str] = []
+class Resnapshots(list[str]):
+    """The channels the session asked to resnapshot, with an event to await the next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.happened = asyncio.Event()
+
+
+def make_session(buffer_bytes: int = 10_000) -> tuple[Session, Resnapshots]:
+    resnapshots = Resnapshots()
 
     def resnapshot(session: Session, channel: str) -> None:
         resnapshots.append(channel)
+        resnapshots.happened.set()
         session.push(FRAMES.event("resync", {"channel": channel, "reason": "overflow"}, channel=channel))
 
     session = Session(client_id="c1", identity="anonymous", buffer_bytes=buffer_bytes, resnapshot=resnapshot)
@@ -110,18 +119,19 @@ async def test_overflow_of_distinct_objects_marks_resync_and_drops_that_channel(
     assert all(f.channel != "a" for f in session._pending)
 
     # The client drains: pending is written in one write, then the resync snapshot follows.
-    transport.buffered = 0
     drained = asyncio.Event()
 
     async def drain() -> None:
-        drained.set()
+        await drained.wait()
 
     generation = session.stream_generation
     pump = asyncio.create_task(session.pump(generation, drain=drain, stall_timeout_s=5, idle_check_s=5))
-    await drained.wait()
+    await asyncio.sleep(0)  # one loop turn: the pump reaches its drain
+    assert resnapshots == [], "no snapshot while the transport is still full"
+    transport.buffered = 0
+    drained.set()
     async with asyncio.timeout(5):
-        while not resnapshots:
-            await asyncio.sleep(0)
+        await resnapshots.happened.wait()
     assert resnapshots == ["a"]
     assert b"only-b" in text(transport)
     session.detach(generation)

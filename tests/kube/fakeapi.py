@@ -62,7 +62,7 @@ class FakeAPI:
         app.router.add_get("/api/v1/namespaces/default/pods", self._handle)
         return app
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
             while not predicate():
                 self.changed.clear()

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import make_config
 from tests.fakes import make_object
 from tests.web.conftest import Gateway
-from watchgw.client.client import WatchClient, WatchClientError
+from watchgw.client.client import WatchClientError
 
 SECRETS = {"resourceType": "api/v1/secrets", "projectId": "proj-abc", "namespace": "default"}
 
@@ -28,7 +28,9 @@ async def post(gateway: Gateway, path: str, body: Any, **kwargs: Any) -> tuple[i
 async def test_seed_example_key_byte_for_byte(gateway: Gateway) -> None:
     client = await gateway.client()
     key = await client.subscribe(
-        resourceType="apis/networking.datumapis.com/v1alpha/domains", projectId="proj-abc", namespace="default"
+        resourceType="apis/networking.datumapis.com/v1alpha/domains",
+        projectId="proj-abc",
+        namespace="default",
     )
     assert key == "apis/networking.datumapis.com/v1alpha/domains::proj-abc:default:::"
 
@@ -117,7 +119,9 @@ async def test_query_cid_must_match_body(gateway: Gateway) -> None:
     body = {"clientId": client.client_id, **SECRETS}
     async with (
         aiohttp.ClientSession() as http,
-        http.post(f"{gateway.url}/api/watch/subscribe", params={"cid": "someone-else"}, json=body) as response,
+        http.post(
+            f"{gateway.url}/api/watch/subscribe", params={"cid": "someone-else"}, json=body
+        ) as response,
     ):
         assert response.status == 400
         assert "clientId" in (await response.json())["error"]["message"]

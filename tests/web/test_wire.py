@@ -15,7 +15,9 @@ from tests.web.conftest import Gateway
 from watchgw.client.sse import SSEParser
 
 
-async def open_raw_stream(url: str, cid: str, *, http10: bool = False) -> tuple[asyncio.StreamReader, Any, bytes]:
+async def open_raw_stream(
+    url: str, cid: str, *, http10: bool = False
+) -> tuple[asyncio.StreamReader, Any, bytes]:
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     version = "1.0" if http10 else "1.1"
@@ -65,7 +67,9 @@ async def test_http10_client_gets_unchunked_frames(gateway: Gateway) -> None:
         gw_session = gateway.hub.sessions[client_id]
         channel = gateway.hub.subscribe(gw_session, _target(channel_fields))
         more = await reader.readuntil(b"\n\n")
-        assert more.startswith(b"id: ") and b"event: subscribed" in more and channel.encode() in more
+        assert more.startswith(b"id: ")
+        assert b"event: subscribed" in more
+        assert channel.encode() in more
     finally:
         writer.close()
         await writer.wait_closed()
@@ -113,7 +117,8 @@ async def test_curl_reads_the_stream(gateway: Gateway) -> None:
             while "synced" not in seen:
                 for event in parser.feed(await proc.stdout.read(4096)):
                     seen.append(event.event)
-                    assert event.id is not None and event.id.isdigit()
+                    assert event.id is not None
+                    assert event.id.isdigit()
         assert seen == ["subscribed", "watch", "synced"]
     finally:
         proc.kill()

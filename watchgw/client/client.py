@@ -103,8 +103,7 @@ class WatchClient:
         headers = dict(self.headers)
         if resume and self.last_event_id is not None:
             headers["Last-Event-ID"] = self.last_event_id
-        self.connected = None
-        self.stream_ended = asyncio.Event()
+        self._forget_connection()
         response = await self.session.get(
             self._url("stream"),
             params={"cid": self.client_id},
@@ -124,6 +123,10 @@ class WatchClient:
             self.state.clear()
             self.synced.clear()
         return self.connected
+
+    def _forget_connection(self) -> None:
+        self.connected = None
+        self.stream_ended = asyncio.Event()
 
     async def _read(self, response: aiohttp.ClientResponse) -> None:
         parser = SSEParser()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,26 @@ class WatchHub:
         self.channels: dict[str, Channel] = {}
         self.draining = False
         self._closing: set[asyncio.Task[None]] = set()
+        self._waiters: list[asyncio.Future[None]] = []
         self.channels_opened = 0
         self.sessions_opened = 0
+
+    # ------------------------------------------------------------------ observing
+    def _changed(self) -> None:
+        """Wake :meth:`wait_for` callers: a session or channel came or went."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds, re-checked on every change of sessions and channels."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(waiter)
+                await waiter
 
     # ------------------------------------------------------------------ streams
     def open_stream(self, *, client_id: str, identity: str, last_event_id: int | None) -> StreamGrant:
@@ -84,6 +103,7 @@ class WatchHub:
         )
         self.sessions[client_id] = session
         self.sessions_opened += 1
+        self._changed()
         return StreamGrant(session, resumed=False)
 
     def stream_closed(self, session: Session, generation: int) -> None:
@@ -92,6 +112,7 @@ class WatchHub:
             return  # a newer stream took over
         if self.sessions.get(session.client_id) is session:
             session.schedule_expiry(self.limits.session_ttl_s, lambda: self.end_session(session))
+        self._changed()
 
     def end_session(self, session: Session) -> None:
         if self.sessions.get(session.client_id) is session:
@@ -99,6 +120,7 @@ class WatchHub:
         self._release_subscriptions(session)
         session.close()
         log.info("client.expired", client_id=session.client_id)
+        self._changed()
 
     @staticmethod
     def _resnapshot(session: Session, key: str) -> None:
@@ -157,6 +179,7 @@ class WatchHub:
             assert channel.task is not None
             channel.task.add_done_callback(lambda task: self._upstream_done(channel, task))
             log.info("channel.opened", channel=key)
+            self._changed()
         elif channel.grace_handle is not None:
             channel.grace_handle.cancel()
             channel.grace_handle = None
@@ -197,12 +220,14 @@ class WatchHub:
         if channel.grace_handle is not None:
             channel.grace_handle.cancel()
             channel.grace_handle = None
+        self._changed()
         task = channel.task
         if task is not None and not task.done():
             # From inside the informer (GONE) this only makes its coming return final.
             task.cancel()
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+            task.add_done_callback(lambda _t: self._changed())
         log.info("channel.closed", channel=channel.key)
 
     def _channel_gone(self, channel: Channel) -> None:
@@ -223,6 +248,7 @@ class WatchHub:
                 channel.restart_upstream()
                 assert channel.task is not None
                 channel.task.add_done_callback(lambda t: self._upstream_done(channel, t))
+                self._changed()
 
         loop.call_later(min(30.0, 1.0 * 2 ** min(channel.upstream_restarts, 5)), restart)
 

@@ -434,7 +434,7 @@ class Simulator:
                 if not fut.done():
                     fut.set_result(None)
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``predicate()`` holds, re-checked on every state change (TimeoutError)."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
