@@ -15,24 +15,22 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import running
+from bench.harness import Bench, running
 from bench.scenarios import SCENARIOS, Figures, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-
-Check = Callable[[Figures], "tuple[str, str, bool | None]"]
 
 
 def _num(value: Any, fmt: str = ",.0f") -> str:
     return format(value, fmt) if isinstance(value, int | float) else str(value)
 
 
-def headline(name: str, f: Figures) -> tuple[str, str, bool | None]:
+def headline(label: str, f: Figures) -> tuple[str, str, bool | None]:
     """(figures, goal or reference, goal met) for the summary table."""
+    name = label.split("@")[0]
     if "error" in f or "skipped" in f:
         return (str(f.get("error") or f.get("skipped")), "", None)
     if name.startswith("fanout"):
@@ -70,7 +68,7 @@ def headline(name: str, f: Figures) -> tuple[str, str, bool | None]:
 
 
 def line(name: str, f: Figures) -> str:
-    return f"{name:<18} " + " ".join(f"{k}={v}" for k, v in f.items())
+    return f"{name:<26} " + " ".join(f"{k}={v}" for k, v in f.items())
 
 
 def table(results: dict[str, Figures]) -> str:
@@ -87,29 +85,42 @@ def table(results: dict[str, Figures]) -> str:
     return "\n".join(out)
 
 
-async def run(names: list[str], *, quick: bool, loadgens: int) -> dict[str, Figures]:
+async def _scenario(bench: Bench, name: str, sizes: Sizes) -> Figures:
+    began = time.monotonic()
+    try:
+        figures = await SCENARIOS[name](bench, sizes)
+    except Exception as exc:  # one broken scenario must not hide the others' figures
+        figures = {"error": f"{type(exc).__name__}: {exc}"}
+        log = (bench.workdir / "gateway.log").read_text(errors="replace").splitlines()
+        errors = [x for x in log if '"error"' in x or "Traceback" in x][-3:]
+        if errors:
+            figures["gateway_log"] = errors
+        try:  # leave a clean gateway for the next scenario
+            await bench.close_clients()
+        except Exception as cleanup:
+            figures["cleanup_error"] = repr(cleanup)
+    figures["scenario_s"] = round(time.monotonic() - began, 1)
+    return figures
+
+
+async def run(names: list[str], *, quick: bool, loadgens: int, compare: Path | None) -> dict[str, Figures]:
+    """Every scenario on one set of processes; with ``compare``, each scenario twice, alternately
+    on this tree's gateway and on the candidate's (fresh processes for each)."""
     results: dict[str, Figures] = {}
     sizes = Sizes(quick=quick)
     with tempfile.TemporaryDirectory(prefix="watchgw-bench-") as tmp:
         workdir = Path(tmp)
-        async with running(workdir, loadgens=loadgens) as bench:
-            for name in names:
-                began = time.monotonic()
-                try:
-                    figures = await SCENARIOS[name](bench, sizes)
-                except Exception as exc:  # one broken scenario must not hide the others' figures
-                    figures = {"error": f"{type(exc).__name__}: {exc}"}
-                    log = (workdir / "gateway.log").read_text(errors="replace").splitlines()
-                    errors = [x for x in log if '"error"' in x or "Traceback" in x][-3:]
-                    if errors:
-                        figures["gateway_log"] = errors
-                    try:  # leave a clean gateway for the next scenario
-                        await bench.close_clients()
-                    except Exception as cleanup:
-                        figures["cleanup_error"] = repr(cleanup)
-                figures["scenario_s"] = round(time.monotonic() - began, 1)
-                results[name] = figures
-                print(line(name, figures), flush=True)
+        if compare is None:
+            async with running(workdir, loadgens=loadgens) as bench:
+                for name in names:
+                    results[name] = await _scenario(bench, name, sizes)
+                    print(line(name, results[name]), flush=True)
+            return results
+        for name in names:
+            for label, path in ((name, None), (f"{name}@compare", compare)):
+                async with running(workdir, loadgens=loadgens, gateway_path=path) as bench:
+                    results[label] = await _scenario(bench, name, sizes)
+                print(line(label, results[label]), flush=True)
     return results
 
 
@@ -119,6 +130,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in about 30 s")
     parser.add_argument("--loadgens", type=int, default=1, help="load generator processes (default 1)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="A/B: also run each scenario on the watchgw package found in DIR (a patched copy)",
+    )
     args = parser.parse_args()
     unknown = [n for n in args.scenarios if n not in SCENARIOS]
     if unknown:
@@ -126,7 +143,7 @@ def main() -> int:
     names = args.scenarios or list(SCENARIOS)
     began = time.monotonic()
     try:
-        results = asyncio.run(run(names, quick=args.quick, loadgens=args.loadgens))
+        results = asyncio.run(run(names, quick=args.quick, loadgens=args.loadgens, compare=args.compare))
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
@@ -142,6 +159,7 @@ def main() -> int:
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "quick": args.quick,
                 "loadgens": args.loadgens,
+                "compare": str(args.compare) if args.compare else None,
                 "total_s": round(elapsed, 1),
                 "scenarios": results,
             },

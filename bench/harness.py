@@ -43,6 +43,9 @@ mode = "none"
 max_clients = 20000
 max_channels = 5000
 heartbeat_s = 15
+# Every bench client is the same (anonymous) identity: no per-identity subscribe rate limit here.
+subscribe_rate_per_s = 1000000
+subscribe_burst = 1000000
 # Short, so the sessions of one scenario are gone before the next one starts.
 session_ttl_s = 1
 grace_period_s = 1
@@ -62,11 +65,14 @@ def free_port() -> int:
         return port
 
 
-async def spawn(args: Sequence[str], *, log: Path, stdin: bool = False) -> asyncio.subprocess.Process:
+async def spawn(
+    args: Sequence[str], *, log: Path, stdin: bool = False, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     """A child in its own process group (so it and its children can be stopped together)."""
     with log.open("ab") as err:
         return await asyncio.create_subprocess_exec(
             *args,
+            env=env,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
@@ -385,8 +391,14 @@ async def _wait_healthy(http: aiohttp.ClientSession, url: str, proc: asyncio.sub
 
 
 @contextlib.asynccontextmanager
-async def running(workdir: Path, *, loadgens: int = 1) -> AsyncIterator[Bench]:
-    """Start upstream, gateway and load generators; stop all of them however the block ends."""
+async def running(
+    workdir: Path, *, loadgens: int = 1, gateway_path: Path | None = None
+) -> AsyncIterator[Bench]:
+    """Start upstream, gateway and load generators; stop all of them however the block ends.
+
+    ``gateway_path``: a directory holding another ``watchgw`` package (a candidate change) that the
+    gateway process imports instead of this tree's (prepended to its ``PYTHONPATH``).
+    """
     procs: list[asyncio.subprocess.Process] = []
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     try:
@@ -396,7 +408,13 @@ async def running(workdir: Path, *, loadgens: int = 1) -> AsyncIterator[Bench]:
         port = free_port()
         config = workdir / "gateway.toml"
         config.write_text(GATEWAY_TOML.format(port=port, upstream=upstream_url))
-        gateway = await spawn([WATCHGW, "serve", "--config", str(config)], log=workdir / "gateway.log")
+        env = None
+        if gateway_path is not None:
+            paths = [str(gateway_path), os.environ.get("PYTHONPATH", "")]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        gateway = await spawn(
+            [WATCHGW, "serve", "--config", str(config)], log=workdir / "gateway.log", env=env
+        )
         procs.append(gateway)
         gateway_url = f"http://127.0.0.1:{port}"
         await _wait_healthy(http, gateway_url, gateway)

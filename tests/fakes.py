@@ -41,6 +41,7 @@ class FakeUpstream:
         self.resource_version = ""
         self.running = asyncio.Event()
         self.cancelled = False
+        self.watch_restarts = 0
         self._crash: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> None:
@@ -50,6 +51,9 @@ class FakeUpstream:
         except asyncio.CancelledError:
             self.cancelled = True
             raise
+
+    def restart_watch(self) -> None:
+        self.watch_restarts += 1
 
     def crash(self, error: Exception) -> None:
         """The informer dies of a bug."""

@@ -37,6 +37,9 @@ class ServerConfig:
     """Serve ``GET /metrics``. Channel keys appear in labels, so it is off unless asked for."""
     shutdown_timeout_s: float = 10.0
     """Seconds a SIGTERM drain may take before remaining streams and upstreams are cancelled."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins on another host that may use the API (exact ``scheme://host[:port]``).
+    Empty: no CORS headers, so only same-origin pages (behind the same proxy) can call it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,10 @@ class LimitsConfig:
     """Events kept per channel so a subscriber with a ``resourceVersion`` can catch up."""
     stalled_client_timeout_s: float = 60.0
     """A client whose socket accepts nothing for this long is disconnected (it may resume)."""
+    subscribe_rate_per_s: float = 20.0
+    """Sustained subscribe/unsubscribe requests per identity per second (token bucket)."""
+    subscribe_burst: int = 100
+    """Requests an identity may make at once before the rate applies (a page opening many lists)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +199,10 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, not {value!r}")
         return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of strings, not {value!r}")
+        return tuple(value)
     raise ConfigError(f"{name}: unsupported type")  # pragma: no cover - a bug in this module
 
 
@@ -237,6 +248,8 @@ def _validate(config: Config) -> None:
         "retry_ms",
         "channel_history",
         "stalled_client_timeout_s",
+        "subscribe_rate_per_s",
+        "subscribe_burst",
     ):
         positive[f"limits.{key_name}"] = getattr(limits, key_name)
     for name, number in positive.items():
@@ -249,6 +262,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"server.port must be from 0 to 65535, not {config.server.port}")
     if up.backoff_max_s < up.backoff_initial_s:
         raise ConfigError("upstream.backoff_max_s must be at least upstream.backoff_initial_s")
+    for origin_value in config.server.cors_origins:
+        if not origin_value.startswith(("http://", "https://")) or origin_value.rstrip("/") != origin_value:
+            raise ConfigError(
+                f"server.cors_origins entries must be scheme://host[:port], not {origin_value!r}"
+            )
     bp = config.server.base_path
     if not bp.startswith("/") or bp.endswith("/") or "//" in bp:
         raise ConfigError(f"server.base_path must start with / and not end with /, not {bp!r}")

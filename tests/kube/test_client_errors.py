@@ -247,3 +247,16 @@ async def test_list_restarts_when_continue_expires(mocked: aioresponses, client:
     result = await client.list_all(TARGET)
     assert [i["metadata"]["name"] for i in result.items] == ["b"]  # type: ignore[index]
     assert result.resource_version == "12"
+
+
+async def test_post_json_sends_body_and_maps_errors(mocked: aioresponses, client: KubeClient) -> None:
+    ssar = "http://kube.test/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    mocked.post(ssar, status=201, payload={"status": {"allowed": True}})
+    mocked.post(ssar, status=403, payload=status(403, "Forbidden", "nope"))
+    answer = await client.post_json(ssar, {"kind": "SelfSubjectAccessReview"}, token="user-token")
+    assert answer == {"status": {"allowed": True}}
+    call = next(iter(mocked.requests.values()))[0]
+    assert call.kwargs["headers"]["Authorization"] == "Bearer user-token"
+    assert ujson.loads(call.kwargs["data"]) == {"kind": "SelfSubjectAccessReview"}
+    with pytest.raises(e.ForbiddenError):
+        await client.post_json(ssar, {}, token="user-token")

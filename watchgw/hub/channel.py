@@ -42,6 +42,9 @@ class Upstream(Protocol):
 
     async def run(self) -> None: ...
 
+    def restart_watch(self) -> None:
+        """End the current watch and resume it from the latest resourceVersion (no LIST)."""
+
 
 class UpstreamFactory(Protocol):
     def __call__(self, target: WatchTarget, listener: Channel) -> Upstream: ...
@@ -83,6 +86,8 @@ class Channel:
         self.events = 0
         self.deliveries = 0
         self.upstream_restarts = 0
+        self._token_owner: Session | None = None
+        self._rejected_tokens: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -106,6 +111,22 @@ class Channel:
         self.history_floor = -1
         self.upstream = self._upstream_factory(self.target, self)
         self.start()
+
+    # ------------------------------------------------------------------ credential = "subscriber"
+    def subscriber_token(self) -> str | None:
+        """The upstream credential in ``subscriber`` mode: an authorized subscriber's own token.
+
+        Every subscriber was authorized (and is re-checked) with its own token, so any of them
+        may be used; one the control plane rejected (401) is skipped until its owner leaves.
+        """
+        present = {s.token for s in (*self.subscribers, *self.waiting) if s.token}
+        self._rejected_tokens &= present
+        for session in (*self.subscribers, *self.waiting):
+            if session.token and session.token not in self._rejected_tokens:
+                self._token_owner = session
+                return session.token
+        self._token_owner = None
+        return None
 
     # ------------------------------------------------------------------ informer listener
     def on_event(self, event: WatchEvent) -> None:
@@ -152,6 +173,9 @@ class Channel:
             if not self.synced:
                 self._first_sync()
         elif state.phase is InformerPhase.DEGRADED:
+            owner = self._token_owner
+            if state.error_code == 401 and owner is not None and owner.token:
+                self._rejected_tokens.add(owner.token)  # the next attempt uses someone else's
             frame = self._frames.event(
                 "watch-error",
                 {
@@ -249,6 +273,11 @@ class Channel:
         """Remove a subscriber; True when it was one."""
         session.forget_channel(self.key)
         session.channels.pop(self.key, None)
+        if session is self._token_owner:
+            # Its token must not keep the shared watch open: resume with another subscriber's.
+            self._token_owner = None
+            if self.subscriber_count > 1:
+                self.upstream.restart_watch()
         if session in self.subscribers:
             del self.subscribers[session]
             return True

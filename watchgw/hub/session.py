@@ -62,6 +62,7 @@ class Session:
         "last_id",
         "resyncs",
         "stream_generation",
+        "token",
         "transport",
     )
 
@@ -75,6 +76,8 @@ class Session:
     ) -> None:
         self.client_id = client_id
         self.identity = identity
+        self.token: str | None = None
+        """The client's latest bearer token (bearer mode): rechecks and subscriber credentials."""
         self.channels: dict[str, Channel] = {}
         self.transport: asyncio.WriteTransport | None = None
         self.stream_generation = 0

@@ -51,6 +51,9 @@ _DATA_TYPES: Final[dict[str, EventType]] = {
     "BOOKMARK": "BOOKMARK",
 }
 _PREFIXES: Final[dict[str, bytes]] = {t: b'{"type":"' + t.encode() + b'","object":' for t in _DATA_TYPES}
+_PREFIX_LENGTHS: Final[dict[str, tuple[EventType, bytes, int]]] = {
+    t: (_DATA_TYPES[t], p, len(p)) for t, p in _PREFIXES.items()
+}
 
 
 def encode_object(obj: dict[str, Any]) -> bytes:
@@ -203,12 +206,27 @@ class KubeClient:
             items=items, resource_version=rv, api_version=str(api_version), kind=kind, pages=pages
         )
 
+    async def post_json(self, url: str, body: Any, *, token: str | None = None) -> Any:
+        """POST ``body`` as JSON to a full ``url`` (e.g. an access review under
+        :func:`~watchgw.kube.urls.scope_base_url`); the parsed answer, or a typed error."""
+        return await self._request_json("POST", url, token=token, body=body)
+
     async def _get_json(self, url: str, *, token: str | None) -> Any:
+        return await self._request_json("GET", url, token=token)
+
+    async def _request_json(self, method: str, url: str, *, token: str | None, body: Any = None) -> Any:
         session = self._get_session()
+        headers = self.credentials.headers(token)
+        data: bytes | None = None
+        if body is not None:
+            data = ujson.dumps(body, ensure_ascii=False, escape_forward_slashes=False).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            async with session.get(
+            async with session.request(
+                method,
                 URL(url, encoded=True),
-                headers=self.credentials.headers(token),
+                headers=headers,
+                data=data,
                 timeout=self._list_timeout,
                 ssl=self._ssl(),
             ) as resp:
@@ -293,8 +311,7 @@ def parse_watch_lines(lines: list[bytes]) -> tuple[list[WatchEvent], APIError | 
     """
     events: list[WatchEvent] = []
     loads = ujson.loads
-    prefixes = _PREFIXES
-    data_types = _DATA_TYPES
+    prefixes = _PREFIX_LENGTHS
     append = events.append
     for line in lines:
         try:
@@ -307,12 +324,13 @@ def parse_watch_lines(lines: list[bytes]) -> tuple[list[WatchEvent], APIError | 
             return events, MalformedResponseError("watch line is not a JSON object")
         t = d.get("type")
         obj = d.get("object")
-        event_type = data_types.get(t) if type(t) is str else None
-        if event_type is None:
+        found = prefixes.get(t) if type(t) is str else None
+        if found is None:
             if t == "ERROR":
                 return events, error_from_status_object(obj)
             log.warning("upstream.unknown_event", event_type=truncate(str(t), 64))
             continue
+        event_type, prefix, plen = found
         if type(obj) is not dict:
             return events, MalformedResponseError(f"{event_type} event without an object")
         meta = obj.get("metadata")
@@ -321,18 +339,12 @@ def parse_watch_lines(lines: list[bytes]) -> tuple[list[WatchEvent], APIError | 
         rv = meta.get("resourceVersion")
         if type(rv) is not str:
             return events, MalformedResponseError(f"{event_type} event object without resourceVersion")
-        object_json: bytes | None = None
-        if len(d) == 2:
-            if line[-1:] != b"}":
-                line = line.strip()
-            prefix = prefixes[event_type]
-            if line.startswith(prefix):
-                sliced = line[len(prefix) : -1]
-                if sliced[-1:] != b"}":
-                    sliced = sliced.rstrip()
-                if sliced[-1:] == b"}" and sliced[:1] == b"{" and b"\r" not in sliced:
-                    object_json = sliced
-        if object_json is None:
+        # The object's bytes, cut from the line: exactly '{"type":"<T>","object":{...}}'.
+        if len(d) == 2 and line.startswith(prefix) and line.endswith(b"}}") and line[plen] == 123:
+            object_json = line[plen:-1]
+            if b"\r" in object_json:
+                object_json = encode_object(obj)
+        else:
             object_json = encode_object(obj)
         if event_type == "BOOKMARK":
             key = ObjectKey("")

@@ -118,6 +118,7 @@ class Informer:
         self._inactivity_handle: asyncio.TimerHandle | None = None
         self._inactive = False
         self._opened = False
+        self._watch_cm: asyncio.Timeout | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log = log.bind(
             resource_type=target.resource_type,
@@ -282,6 +283,16 @@ class Informer:
             assert self._loop is not None
             self._inactivity_handle = self._loop.call_at(deadline, self._check_inactivity, cm)
 
+    def restart_watch(self) -> None:
+        """End the current watch now and resume it from the latest resourceVersion (no LIST).
+
+        Used when the credential the watch was opened with must no longer be used (its
+        subscriber left, in ``credential = "subscriber"`` mode).
+        """
+        if self._watch_cm is not None and self._loop is not None:
+            self._inactive = True
+            self._watch_cm.reschedule(self._loop.time())
+
     async def _watch_once(self) -> None:
         assert self._loop is not None
         loop = self._loop
@@ -297,6 +308,7 @@ class Informer:
         on_event = self._listener.on_event
         try:
             async with asyncio.timeout(None) as cm:
+                self._watch_cm = cm
                 self._inactivity_handle = loop.call_at(
                     self._last_activity + self._config.inactivity_timeout_s, self._check_inactivity, cm
                 )
@@ -321,6 +333,7 @@ class Informer:
                                 on_event(event)
                             events += len(batch)
                 finally:
+                    self._watch_cm = None
                     if self._inactivity_handle is not None:
                         self._inactivity_handle.cancel()
                         self._inactivity_handle = None

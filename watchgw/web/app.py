@@ -8,22 +8,30 @@ client gets ``reconnect``, its stream ends once that is written, then upstreams 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from watchgw.config import Config
-from watchgw.hub.channel import UpstreamFactory
+from watchgw.hub.channel import Channel, UpstreamFactory
 from watchgw.hub.errors import HubError
 from watchgw.hub.hub import WatchHub
+from watchgw.kube.client import KubeClient
+from watchgw.kube.informer import Informer
+from watchgw.kube.reviews import KubeReviews
+from watchgw.kube.types import WatchTarget
 from watchgw.web import routes
-from watchgw.web.access import Access, OpenAccess
-from watchgw.web.body import error_response
-from watchgw.web.keys import ACCESS, CONFIG, HUB, STREAMS
+from watchgw.web.access import Access, BearerAccess, OpenAccess
+from watchgw.web.body import RateLimited, error_response
+from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER, STREAMS
 from watchgw.web.metrics import install_metrics, metrics
+from watchgw.web.ratelimit import RateLimiter, retry_after_header
+from watchgw.web.recheck import recheck_forever
 
 log = structlog.get_logger("watchgw.web")
 
@@ -35,6 +43,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Every refusal becomes the JSON error shape; nothing else escapes as a stack trace."""
     try:
         return await handler(request)
+    except RateLimited as exc:
+        headers = {"Retry-After": retry_after_header(exc.retry_after_s)}
+        return error_response(exc.status, exc.code, exc.message, headers=headers)
     except HubError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except web.HTTPException as exc:
@@ -58,11 +69,19 @@ def make_app(
     access: Access | None = None,
     static: bool = False,
 ) -> web.Application:
-    """Build the gateway. ``upstream_factory`` replaces the real informer (tests, benchmarks)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=config.limits.max_body_bytes)
+    """Build the gateway. ``upstream_factory`` replaces the real informer (tests, benchmarks);
+    ``access`` replaces the one ``[auth]`` selects."""
+    middlewares: list[Middleware] = [errors_middleware]
+    if config.server.cors_origins:
+        middlewares.insert(0, cors_middleware(frozenset(config.server.cors_origins)))
+    app = web.Application(middlewares=middlewares, client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
-    app[ACCESS] = access or OpenAccess()
+    if access is not None:
+        app[ACCESS] = access
     app[STREAMS] = weakref.WeakSet()
+    app[RATE_LIMITER] = RateLimiter(
+        rate_per_s=config.limits.subscribe_rate_per_s, burst=config.limits.subscribe_burst
+    )
     base = config.server.base_path
     app.router.add_get(f"{base}/stream", routes.stream)
     app.router.add_post(f"{base}/subscribe", routes.subscribe)
@@ -77,6 +96,8 @@ def make_app(
     if static:
         add_static_routes(app)
     app.cleanup_ctx.append(_hub_ctx(upstream_factory))
+    if config.auth.mode == "bearer":
+        app.cleanup_ctx.append(_recheck_ctx)
     app.on_shutdown.append(_drain_streams)
     return app
 
@@ -102,31 +123,82 @@ def _hub_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        client = None
-        factory = upstream_factory
-        if factory is None:
-            from watchgw.kube.client import KubeClient
-            from watchgw.kube.informer import Informer
-
-            kube = KubeClient(config.upstream)
-            client = kube
-
-            def make_informer(target, listener):  # type: ignore[no-untyped-def]
-                return Informer(target=target, client=kube, config=config.upstream, listener=listener)
-
-            factory = make_informer
+        kube = KubeClient(config.upstream)
+        if ACCESS not in app:
+            app[ACCESS] = (
+                BearerAccess(config.auth, KubeReviews(kube)) if config.auth.mode == "bearer" else OpenAccess()
+            )
+        factory = upstream_factory or informer_factory(kube, config)
         hub = WatchHub(limits=config.limits, upstream_factory=factory)
         app[HUB] = hub
-        log.info("server.started", base_path=config.server.base_path, upstream=config.upstream.url)
+        log.info(
+            "server.started",
+            base_path=config.server.base_path,
+            upstream=config.upstream.url,
+            auth=config.auth.mode,
+            credential=config.upstream.credential,
+        )
         try:
             yield
         finally:
             await hub.close()
-            if client is not None:
-                await client.close()
+            await kube.close()
             log.info("server.stopped")
 
     return ctx
+
+
+def informer_factory(kube: KubeClient, config: Config) -> UpstreamFactory:
+    """One informer per channel. With ``credential = "subscriber"`` its token is a subscriber's."""
+
+    def make(target: WatchTarget, listener: Channel) -> Informer:
+        provider = listener.subscriber_token if config.upstream.credential == "subscriber" else None
+        return Informer(
+            target=target, client=kube, config=config.upstream, listener=listener, token_provider=provider
+        )
+
+    return make
+
+
+async def _recheck_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(
+        recheck_forever(app[HUB], app[ACCESS], app[CONFIG].auth.recheck_s), name="access recheck"
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def cors_middleware(origins: frozenset[str]) -> Middleware:
+    """Browsers on the listed origins may call the API with credentials; nobody else gets CORS."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and origin in origins
+        if (
+            request.method == "OPTIONS"
+            and origin is not None
+            and "Access-Control-Request-Method" in request.headers
+        ):
+            if not allowed:
+                return error_response(403, "origin_not_allowed", "this origin may not call the API")
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Last-Event-ID"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if allowed and origin is not None and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers.add("Vary", "Origin")
+        return response
+
+    return middleware
 
 
 async def _drain_streams(app: web.Application) -> None:

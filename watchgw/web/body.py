@@ -27,6 +27,14 @@ class RequestError(HubError):
         self.code = code
 
 
+class RateLimited(HubError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"too many requests: retry in {wait_s:.1f} s")
+        self.retry_after_s = wait_s
+
+
 def error_response(
     status: int, code: str, message: str, *, headers: dict[str, str] | None = None
 ) -> web.Response:

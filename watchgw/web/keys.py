@@ -9,8 +9,10 @@ from aiohttp import web
 from watchgw.config import Config
 from watchgw.hub.hub import WatchHub
 from watchgw.web.access import Access
+from watchgw.web.ratelimit import RateLimiter
 
 CONFIG = web.AppKey("config", Config)
 HUB = web.AppKey("hub", WatchHub)
 ACCESS = web.AppKey("access", Access)
 STREAMS = web.AppKey("streams", weakref.WeakSet[web.StreamResponse])
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

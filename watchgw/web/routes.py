@@ -15,8 +15,8 @@ from watchgw.hub.errors import InvalidRequest
 from watchgw.hub.hub import WatchHub
 from watchgw.hub.keys import InvalidField, parse_channel_key, target_from_fields
 from watchgw.web.access import Access
-from watchgw.web.body import fail, read_json_object
-from watchgw.web.keys import ACCESS, CONFIG, HUB, STREAMS
+from watchgw.web.body import RateLimited, fail, read_json_object
+from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER, STREAMS
 
 log = structlog.get_logger("watchgw.web")
 
@@ -59,10 +59,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     hub: WatchHub = app[HUB]
     access: Access = app[ACCESS]
     client_id = _client_id(request.query.get("cid"))
-    identity = await access.authenticate(request)
+    caller = await access.authenticate(request)
     last_event_id = _last_event_id(request)
-    grant = hub.open_stream(client_id=client_id, identity=identity, last_event_id=last_event_id)
+    grant = hub.open_stream(client_id=client_id, identity=caller.identity, last_event_id=last_event_id)
     session = grant.session
+    session.token = caller.token
     limits = config.limits
     response = EventSourceResponse(
         ping_interval=limits.heartbeat_s,
@@ -84,7 +85,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         transport, chunked=chunked, last_event_id=last_event_id if grant.resumed else None
     )
     app[STREAMS].add(response)
-    log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=identity)
+    log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=caller.identity)
     try:
         await session.pump(
             generation,
@@ -108,7 +109,8 @@ async def subscribe(request: web.Request) -> web.Response:
     config: Config = app[CONFIG]
     hub: WatchHub = app[HUB]
     access: Access = app[ACCESS]
-    identity = await access.authenticate(request)
+    caller = await access.authenticate(request)
+    _rate_limit(request, caller.identity)
     body = await read_json_object(request, config.limits.max_body_bytes)
     unknown = sorted(set(body) - _SUBSCRIBE_FIELDS)
     if unknown:
@@ -131,11 +133,13 @@ async def subscribe(request: web.Request) -> web.Response:
     snapshot = body.get("snapshot", True)
     if not isinstance(snapshot, bool):
         raise InvalidRequest("snapshot: must be true or false")
-    session = hub.session_for(client_id, identity)
-    hub.check_subscribe(session, target)  # limits before any work upstream
-    await access.authorize(request, identity, target)
+    session = hub.session_for(client_id, caller.identity)
+    key, _already = hub.check_subscribe(session, target)  # limits before any work upstream
+    # Authorized with the caller's own token, also when the channel is open for someone else.
+    await access.authorize(caller, target, key)
     # The session may have ended while authorization was awaited: look it up again.
-    session = hub.session_for(client_id, identity)
+    session = hub.session_for(client_id, caller.identity)
+    session.token = caller.token
     key = hub.subscribe(session, target, resource_version=resource_version or None, snapshot=snapshot)
     return web.json_response({"channel": key})
 
@@ -145,7 +149,8 @@ async def unsubscribe(request: web.Request) -> web.Response:
     config: Config = app[CONFIG]
     hub: WatchHub = app[HUB]
     access: Access = app[ACCESS]
-    identity = await access.authenticate(request)
+    caller = await access.authenticate(request)
+    _rate_limit(request, caller.identity)
     body = await read_json_object(request, config.limits.max_body_bytes)
     unknown = sorted(set(body) - _UNSUBSCRIBE_FIELDS)
     if unknown:
@@ -158,9 +163,15 @@ async def unsubscribe(request: web.Request) -> web.Response:
         parse_channel_key(key)
     except InvalidField as exc:
         raise InvalidRequest(str(exc)) from None
-    session = hub.session_for(client_id, identity)
+    session = hub.session_for(client_id, caller.identity)
     hub.unsubscribe(session, key)
     return web.json_response({"ok": True})
+
+
+def _rate_limit(request: web.Request, identity: str) -> None:
+    wait_s = request.app[RATE_LIMITER].acquire(identity)
+    if wait_s > 0:
+        raise RateLimited(wait_s)
 
 
 async def stats(request: web.Request) -> web.Response:

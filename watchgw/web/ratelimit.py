@@ -1,0 +1,44 @@
+"""Per-identity token buckets for subscribe/unsubscribe: a client cannot make the gateway (and,
+through it, the control plane's access reviews) do unbounded work. Buckets live in a bounded LRU,
+so many identities cannot grow memory without bound either."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        *,
+        rate_per_s: float,
+        burst: int,
+        max_identities: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._max = max_identities
+        self._clock = clock
+
+    def acquire(self, identity: str) -> float:
+        """Take one token: 0.0 when allowed, else the seconds until one is available."""
+        now = self._clock()
+        tokens, last = self._buckets.get(identity, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens >= 1.0:
+            self._buckets[identity] = (tokens - 1.0, now)
+            self._buckets.move_to_end(identity)
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+            return 0.0
+        self._buckets[identity] = (tokens, now)
+        return (1.0 - tokens) / self._rate
+
+
+def retry_after_header(wait_s: float) -> str:
+    return str(max(1, math.ceil(wait_s)))
