@@ -63,6 +63,11 @@ CONTINUE_TOO_OLD = (
 )
 
 
+SSR_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+REVIEW_PATHS = frozenset({SSR_PATH, SSAR_PATH})
+
+
 class BadRequest(ValueError):
     pass
 
@@ -185,11 +190,16 @@ class SimServer:
             if discovery is not None:
                 sim.request_started("other")
                 return discovery
-        if request.method == "POST" and path == "/apis/authentication.k8s.io/v1/selfsubjectreviews":
+        if request.method == "POST" and path in REVIEW_PATHS:
             sim.request_started("other")
-            return self.self_subject_review(user)
-        if request.method == "POST" and path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
-            sim.request_started("other")
+            # Faults queued for "any" request reach the review endpoints too (an outage is total).
+            fault = sim.take_fault("other", request.path_qs)
+            if fault is not None:
+                early = await self.apply_fault(request, fault, "other")
+                if early is not None:
+                    return early
+            if path == SSR_PATH:
+                return self.self_subject_review(user)
             return await self.self_subject_access_review(request, user, project, org)
         target = self.parse_target(segments, project, org)
         if target is None:
