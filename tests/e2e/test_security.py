@@ -200,7 +200,7 @@ async def test_revocation_unsubscribes_with_forbidden_and_stops_events(secure: S
     await bob.subscribe(resourceType=SECRETS, namespace="default")
     await alice.wait_synced(channel)
     secure.rules.revoke(grant)
-    await asyncio.sleep(0.06)  # noqa: ASYNC110 - the decision cache (cache_ttl_s = 0.05) must expire
+    await asyncio.sleep(0.06)
     assert await recheck_once(secure.hub, _access(secure)) == 1
     await alice.wait_for(lambda c: c.unsubscribed.get(channel) == "forbidden")
     secure.sim.create(SECRETS, {"metadata": {"name": "after-revoke"}}, namespace="default")
@@ -230,7 +230,7 @@ async def test_recheck_loop_runs_on_its_own(secure_factory: Callable[..., Any]) 
 async def test_unreachable_control_plane_is_503_never_allow(secure: Secure) -> None:
     secure.rules.allow("alice", resource="secrets")
     alice = await secure.client(ALICE)
-    await asyncio.sleep(0.06)  # noqa: ASYNC110 - let the cached identity expire (cache_ttl_s = 0.05)
+    await asyncio.sleep(0.06)
     secure.sim.inject(Fault(kind="error500", on="any", count=2))
     with pytest.raises(WatchClientError) as caught:
         await alice.subscribe(resourceType=SECRETS, namespace="default")
