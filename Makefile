@@ -28,5 +28,11 @@ test: lint
 bench: install
 	$(BIN)/python -m bench
 
+# Chaos convergence for longer than CI does (SOAK_SECONDS, default 300): prints events, faults,
+# resumes, resyncs, mismatches (must be 0) and RSS at start and end.
+SOAK_SECONDS ?= 300
+soak: install
+	$(BIN)/python -m tests.chaos --seconds $(SOAK_SECONDS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -23,6 +23,7 @@ import aiohttp
 import ujson
 
 from watchgw.client.sse import SSEEvent, SSEParser
+from watchgw.hub.keys import InvalidField, channel_key, target_from_fields
 
 
 class WatchClientError(Exception):
@@ -50,7 +51,6 @@ class WatchClient:
         headers: dict[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
         record: bool = False,
-        read_chunk_limit: int | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.base_path = base_path
@@ -75,7 +75,10 @@ class WatchClient:
         self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
         self._response: aiohttp.ClientResponse | None = None
-        self._read_chunk_limit = read_chunk_limit
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        """Channel -> the fields it was subscribed with (for resubscribe)."""
+        self._reading = asyncio.Event()
+        self._reading.set()
         self.stream_ended = asyncio.Event()
 
     async def __aenter__(self) -> Self:
@@ -120,9 +123,30 @@ class WatchClient:
         if self.connected is None:
             raise WatchClientError(0, "stream_ended", "the stream ended before 'connected'")
         if not self.connected.get("resumed"):
-            self.state.clear()
+            # The server holds no subscriptions for us any more. What we hold stays, so that
+            # resubscribe() can ask for only what is newer than each channel's resourceVersion.
             self.synced.clear()
         return self.connected
+
+    async def reconnect(self) -> dict[str, Any]:
+        """Reconnect as a browser would: resume with Last-Event-ID; if the session is gone,
+        subscribe again to every channel from the last resourceVersion reached."""
+        connected = await self.connect(resume=True)
+        if not connected.get("resumed"):
+            await self.resubscribe()
+        return connected
+
+    async def resubscribe(self) -> None:
+        for channel, fields in list(self.subscriptions.items()):
+            rv = self.resource_versions.get(channel)
+            await self.subscribe(**fields, **({"resourceVersion": rv} if rv else {}))
+
+    def pause_reading(self) -> None:
+        """Stop reading the stream (a slow client): the socket fills and the server must cope."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
 
     def _forget_connection(self) -> None:
         self.connected = None
@@ -132,6 +156,8 @@ class WatchClient:
         parser = SSEParser()
         try:
             async for chunk in response.content.iter_any():
+                if not self._reading.is_set():
+                    await self._reading.wait()
                 events = parser.feed(chunk)
                 if events:
                     for event in events:
@@ -180,6 +206,8 @@ class WatchClient:
             self.unsubscribed.pop(channel, None)
         elif kind == "unsubscribed":
             self.state.pop(channel, None)
+            if data.get("reason") != "client":
+                self.subscriptions.pop(channel, None)  # forbidden or gone: nothing to resubscribe
             self.synced.discard(channel)
             self.unsubscribed[channel] = data.get("reason", "")
         elif kind == "watch-error":
@@ -210,15 +238,24 @@ class WatchClient:
 
     # ------------------------------------------------------------------ requests
     async def subscribe(self, **fields: Any) -> str:
+        """Subscribe; without ``resourceVersion`` the channel's local state starts over (a
+        snapshot follows), with one the local state is kept and only what is newer arrives."""
         body = {"clientId": self.client_id, **fields}
+        channel_fields = {k: v for k, v in fields.items() if k not in ("resourceVersion", "snapshot")}
+        if not fields.get("resourceVersion"):
+            with contextlib.suppress(InvalidField):
+                # Cleared before the request: the snapshot's frames may arrive before its answer.
+                self.state[channel_key(target_from_fields(channel_fields))] = {}
         async with self.session.post(self._url("subscribe"), json=body, headers=self.headers) as response:
             if response.status != 200:
                 raise await _error_of(response)
             data = await response.json()
         channel: str = data["channel"]
+        self.subscriptions[channel] = channel_fields
         return channel
 
     async def unsubscribe(self, channel: str) -> None:
+        self.subscriptions.pop(channel, None)
         body = {"clientId": self.client_id, "channel": channel}
         async with self.session.post(self._url("unsubscribe"), json=body, headers=self.headers) as response:
             if response.status != 200:

@@ -240,6 +240,11 @@ class Channel:
         if self.error_frame is not None:
             session.push(self._frames.reissue(self.error_frame))
         if not self.synced:
+            if snapshot and resource_version:
+                # Nothing to catch up from yet: the client must drop what it holds.
+                session.push(
+                    self._frames.event("resync", {"channel": self.key, "reason": "expired"}, channel=self.key)
+                )
             self.waiting[session] = snapshot
             return
         if snapshot:
