@@ -48,7 +48,10 @@ def configure_logging(config: LogConfig, *, stream: TextIO | None = None) -> Non
     if fmt == "json":
         import ujson  # local: only the JSON renderer needs it
 
-        renderer = structlog.processors.JSONRenderer(serializer=ujson.dumps)
+        def serialize(obj: Any, **_kw: Any) -> str:
+            return str(ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False, default=repr))
+
+        renderer = structlog.processors.JSONRenderer(serializer=serialize)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
 

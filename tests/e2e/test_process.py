@@ -90,3 +90,29 @@ async def test_idle_server_stops_on_signal(tmp_path: Path, sig: signal.Signals) 
     async with running_simulator() as (_sim, sim_url), serving(config_for(sim_url), tmp_path) as (proc, _url):
         proc.send_signal(sig)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_sighup_reloads_log_settings(tmp_path: Path) -> None:
+    async with running_simulator() as (_sim, sim_url), serving(config_for(sim_url), tmp_path) as (proc, _url):
+        path = tmp_path / "watchgw.toml"
+        path.write_text(path.read_text().replace('format = "json"', 'format = "json"\nlevel = "debug"'))
+        proc.send_signal(signal.SIGHUP)
+        assert proc.stderr is not None
+        async with asyncio.timeout(10):
+            while True:
+                line = await proc.stderr.readline()
+                assert line, "the server exited"
+                if json.loads(line)["event"] == "config.reloaded":
+                    break
+        path.write_text("[upstream\nbroken")
+        proc.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while True:
+                line = await proc.stderr.readline()
+                assert line, "a bad file must not stop the server"
+                record = json.loads(line)
+                if record["event"] == "config.reload_failed":
+                    assert "not valid TOML" in record["error"]
+                    break
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0

@@ -310,9 +310,23 @@ async def test_cut_connection_resumes(fake: tuple[FakeAPI, str]) -> None:
     api.watch_scripts = [api.stream(line("ADDED", pod("a", 2)), b'{"type":"ADD', then="cut")]
     async with running(fake) as h:
         await api.wait_for(lambda: len(api.watch_requests) == 2)
+        assert api.watch_requests[1]["resourceVersion"] == "2"
+        # One cut of a healthy watch is retried at once without alarming subscribers.
+        assert [s.phase for s in h.rec.states] == [InformerPhase.WATCHING]
+
+
+async def test_repeated_cuts_are_reported_degraded(fake: tuple[FakeAPI, str]) -> None:
+    api, _ = fake
+    api.watch_scripts = [
+        api.stream(line("ADDED", pod("a", 2)), b'{"type":"ADD', then="cut"),
+        api.stream(b'{"type":"MOD', then="cut"),
+    ]
+    async with running(fake) as h:
+        await api.wait_for(lambda: len(api.watch_requests) == 3)
         await h.rec.wait_for(lambda: h.rec.phases()[-1] is InformerPhase.WATCHING and len(h.rec.states) == 3)
         assert h.rec.states[1].error_code == 503
-        assert api.watch_requests[1]["resourceVersion"] == "2"
+        assert h.rec.states[1].error_reason == "StreamCut"
+        assert api.watch_requests[2]["resourceVersion"] == "2"
 
 
 async def test_429_honours_retry_after(fake: tuple[FakeAPI, str]) -> None:

@@ -47,6 +47,9 @@ from watchgw.kube.types import (
 log = structlog.get_logger("watchgw.kube")
 
 
+_TRANSIENT_REASONS = frozenset({"StreamCut", "ServerDisconnected"})
+
+
 class _InactivityTimeout(Exception):
     """The watch stream sent nothing for ``inactivity_timeout_s``."""
 
@@ -184,7 +187,11 @@ class Informer:
                 await self._fail(exc)
 
     async def _fail(self, exc: APIError) -> None:
-        self._degrade(exc)
+        transient = isinstance(exc, UpstreamConnectionError) and exc.reason in _TRANSIENT_REASONS
+        if not (transient and self._attempt == 0):
+            # A healthy watch cut once (a proxy, a restart of one API server) is retried at once
+            # and not worth alarming every subscriber; anything else, or a repeat, is reported.
+            self._degrade(exc)
         delay = self._next_backoff()
         if isinstance(exc, TooManyRequestsError) and exc.retry_after_s is not None:
             delay = max(delay, exc.retry_after_s)
