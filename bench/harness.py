@@ -256,6 +256,7 @@ class Bench:
         subs: list[dict[str, str]],
         stall: bool = False,
         all_subs: bool = False,
+        ready: str = "synced",
     ) -> dict[str, Any]:
         """Open ``clients`` streams split over the load generators; client i takes subs[i % len]
         (or all of them, with ``all_subs``)."""
@@ -273,6 +274,7 @@ class Bench:
                         "subs": subs,
                         "stall": stall,
                         "allSubs": all_subs,
+                        "ready": ready,
                     }
                 )
                 for k, lg in enumerate(self.loadgens)

@@ -6,8 +6,9 @@ each answered by one JSON line on stdout:
 - ``{"cmd": "connect", "group": G, "prefix": P, "start": a, "stop": b, "subs": [...], "stall": false}``
   opens clients ``a .. b-1`` (``cid = P-<index>``), subscribes client ``i`` to ``subs[i % len(subs)]``
   (to every one of ``subs`` with ``"allSubs": true``) over a small pool of keep-alive connections
-  and waits until each has its ``synced`` events. A ``stall`` client stops reading its socket once
-  synced (a reader that went away without closing).
+  and waits until each has its ``synced`` events (``"ready": "subscribed"``: its ``subscribed``
+  events, for subscriptions with ``"snapshot": false``, which get no ``synced``). A ``stall``
+  client stops reading its socket once ready (a reader that went away without closing).
 - ``{"cmd": "arm"}``: reset every group's counters (what arrived before this is not measured).
 - ``{"cmd": "wait", "group": G, "expect": N, "timeout": s, "idle": s}``: until the group received
   ``N`` watch events, nothing arrived for ``idle`` seconds, or ``timeout``. Answers the count, the
@@ -69,13 +70,16 @@ class Group:
 class StreamClient(asyncio.Protocol):
     """One SSE stream. Setup (connected / synced) parses a buffer; afterwards only counts."""
 
-    def __init__(self, *, cid: str, host: str, port: int, group: Group, stall: bool) -> None:
+    def __init__(
+        self, *, cid: str, host: str, port: int, group: Group, stall: bool, ready: bytes = SYNCED
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.cid = cid
         self.host = host
         self.port = port
         self.group = group
         self.stall = stall
+        self.ready = ready
         self.transport: asyncio.Transport | None = None
         self.connected: asyncio.Future[None] = loop.create_future()
         self.synced: asyncio.Future[None] = loop.create_future()
@@ -132,7 +136,7 @@ class StreamClient(asyncio.Protocol):
                 return
             if CONNECTED in buf:
                 self.connected.set_result(None)
-        if not self.synced.done() and buf.count(SYNCED) >= self.synced_needed:
+        if not self.synced.done() and buf.count(self.ready) >= self.synced_needed:
             self.synced.set_result(None)
             self.setup = None
             if self.stall and self.transport is not None:
@@ -254,6 +258,7 @@ class LoadGen:
                 port=self.port,
                 group=group,
                 stall=bool(cmd.get("stall", False)),
+                ready=b"event: " + str(cmd.get("ready", "synced")).encode(),
             )
             for i in range(start, stop)
         ]

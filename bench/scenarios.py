@@ -84,7 +84,7 @@ async def fanout(bench: Bench, sizes: Sizes, clients: int) -> Figures:
 
 async def steady(bench: Bench, sizes: Sizes, clients: int, rate: int) -> Figures:
     """One channel at a fixed event rate: end-to-end latency."""
-    duration = 3 if sizes.quick else 10
+    duration = 2 if sizes.quick else 10
     channels, connect_s = await _connect_one_channel(bench, clients, f"st{rate}")
     try:
         count = rate * duration
@@ -125,27 +125,43 @@ async def many_channels(bench: Bench, sizes: Sizes) -> Figures:
     }
 
 
-async def idle_rss(bench: Bench, sizes: Sizes) -> Figures:
-    """Gateway RSS growth per idle subscribed client (each got a 10-object snapshot)."""
-    clients = sizes.pick(5000, 300)
-    await asyncio.sleep(1.0)
+async def _idle_round(
+    bench: Bench, clients: int, prefix: str, *, snapshot: bool, settle_s: float
+) -> tuple[float, float]:
+    """(KB of gateway RSS per client, connect seconds) for ``clients`` more idle streams."""
     before = bench.gateway_rss_kb()
-    channels, connect_s = await _connect_one_channel(bench, clients, "idle")
-    del channels
+    sub: dict[str, Any] = {**_sub("bench"), "snapshot": snapshot}
+    ready = "synced" if snapshot else "subscribed"
+    conn = await bench.connect(group="fast", prefix=prefix, clients=clients, subs=[sub], ready=ready)
+    await asyncio.sleep(settle_s)
+    return round((bench.gateway_rss_kb() - before) / clients, 2), conn["seconds"]
+
+
+async def idle_rss(bench: Bench, sizes: Sizes) -> Figures:
+    """Gateway RSS growth per idle subscribed client.
+
+    First ``N`` clients subscribe with ``"snapshot": false`` (what a connection and its session
+    cost), then ``N`` more, still alongside the first ones, with the channel's 10-object (~10 KB)
+    snapshot: each figure is fresh growth, not memory freed by the other round and reused.
+    """
+    clients = sizes.pick(5000, 300)
+    await bench.setup_objects([_channel("bench")], OBJECTS)
+    await asyncio.sleep(1.0)
+    rss_start = bench.gateway_rss_kb()
     try:
-        await asyncio.sleep(3.0)
-        after = bench.gateway_rss_kb()
+        settle_s = 1.0 if sizes.quick else 3.0
+        without, _ = await _idle_round(bench, clients, "idlens", snapshot=False, settle_s=settle_s)
+        with_snapshot, connect_s = await _idle_round(bench, clients, "idle", snapshot=True, settle_s=settle_s)
+        rss_end = bench.gateway_rss_kb()
     finally:
         await bench.close_clients()
-    await asyncio.sleep(1.0)
-    released = bench.gateway_rss_kb()
     return {
         "clients": clients,
         "connect_s": connect_s,
-        "rss_before_kb": before,
-        "rss_idle_kb": after,
-        "rss_after_close_kb": released,
-        "kb_per_idle_client": round((after - before) / clients, 2),
+        "rss_start_kb": rss_start,
+        "rss_end_kb": rss_end,
+        "kb_per_idle_client": with_snapshot,
+        "kb_per_idle_client_no_snapshot": without,
     }
 
 
@@ -171,7 +187,7 @@ async def slow_client(bench: Bench, sizes: Sizes) -> Figures:
     """
     clients = sizes.pick(1000, 200)
     rounds = sizes.pick(2, 1)
-    duration = 3 if sizes.quick else 5
+    duration = 2 if sizes.quick else 5
     rate = 100
     count = rate * duration
     channels, _ = await _connect_one_channel(bench, clients, "slow")
@@ -238,7 +254,7 @@ async def informer(bench: Bench, sizes: Sizes) -> Figures:
     del bench
     if importlib.util.find_spec("bench.informer_bench") is None:
         return {"skipped": "bench/informer_bench.py not present"}
-    events = sizes.pick(100_000, 10_000)
+    events = sizes.pick(100_000, 20_000)
     code = (
         "import asyncio, json, bench.informer_bench as b\n"
         f"print(json.dumps(asyncio.run(b.run(events={events}))))\n"

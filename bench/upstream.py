@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from watchgw.sim import SimNotFound, Simulator, make_sim_app
 
@@ -104,7 +105,7 @@ async def burst(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
     return {"sent": sent, "tFirst": t_first, "tLast": t_last}
 
 
-def bench_middleware(sim: Simulator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def bench_middleware(sim: Simulator) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/_bench/"):

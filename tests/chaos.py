@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.stacks import fast_upstream, sim_and_gateway
 from watchgw.client.client import WatchClient, WatchClientError, object_key
 from watchgw.config import Config, config_from_mapping
-from watchgw.sim import Fault, Simulator, running_simulator
-from watchgw.web.app import make_app
+from watchgw.sim import Fault, Simulator
 from watchgw.web.keys import HUB
-from watchgw.web.server import running_app
 
 SECRETS = "api/v1/secrets"
 ZONES = "apis/dns.networking.miloapis.com/v1alpha1/dnszones"
@@ -93,17 +92,7 @@ def chaos_config(sim_url: str, token_file: Path) -> Config:
             },
         }
     )
-    return dataclasses.replace(
-        config,
-        upstream=dataclasses.replace(
-            config.upstream,
-            backoff_initial_s=0.01,
-            backoff_max_s=0.1,
-            backoff_reset_s=0.5,
-            inactivity_timeout_s=0.8,
-            watch_timeout_s=5,
-        ),
-    )
+    return fast_upstream(config, backoff_reset_s=0.5, inactivity_timeout_s=0.8, watch_timeout_s=5)
 
 
 class Chaos:
@@ -290,15 +279,21 @@ async def run_chaos(
     with tempfile.TemporaryDirectory() as tmp:
         token_file = Path(tmp) / "token"
         token_file.write_text("chaos-token-0000\n")
-        async with running_simulator(history_limit=200, bookmark_interval_s=0.5) as (sim, sim_url):
+
+        def prepare(sim: Simulator) -> None:
             sim.tokens = {"chaos-token-0000": "gateway"}
-            app = make_app(chaos_config(sim_url, token_file))
-            async with running_app(app) as url:
-                chaos = Chaos(seed, clients=clients, sim=sim, url=url, hub=app[HUB], token_file=token_file)
-                try:
-                    return await chaos.run(steps=steps, seconds=seconds)
-                finally:
-                    await chaos.close()
+
+        async with sim_and_gateway(
+            lambda sim_url: chaos_config(sim_url, token_file),
+            prepare=prepare,
+            history_limit=200,
+            bookmark_interval_s=0.5,
+        ) as (sim, app, url):
+            chaos = Chaos(seed, clients=clients, sim=sim, url=url, hub=app[HUB], token_file=token_file)
+            try:
+                return await chaos.run(steps=steps, seconds=seconds)
+            finally:
+                await chaos.close()
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable
@@ -10,13 +11,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_config
+from tests.stacks import fast_upstream, sim_and_gateway
 from watchgw.client.client import WatchClient
 from watchgw.config import Config
 from watchgw.hub.hub import WatchHub
-from watchgw.sim import Fault, Simulator, running_simulator
-from watchgw.web.app import make_app
+from watchgw.sim import Fault, Simulator
 from watchgw.web.keys import HUB
-from watchgw.web.server import running_app
 
 SECRETS = "api/v1/secrets"
 ZONES = "apis/dns.networking.miloapis.com/v1alpha1/dnszones"
@@ -35,45 +35,26 @@ class Stack:
         await client.connect()
         return client
 
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
 
-def fast_config(sim_url: str, **limits: Any) -> Config:
-    config = make_config(sim_url, limits={"grace_period_s": 0.5, "session_ttl_s": 0.5, **limits})
-    return dataclasses.replace(
-        config,
-        upstream=dataclasses.replace(
-            config.upstream,
-            backoff_initial_s=0.01,
-            backoff_max_s=0.1,
-            inactivity_timeout_s=1.0,
-            watch_timeout_s=30,
-        ),
-    )
+
+def fast_config(sim_url: str) -> Config:
+    return fast_upstream(make_config(sim_url, limits={"grace_period_s": 0.5, "session_ttl_s": 0.5}))
 
 
 @pytest.fixture
 async def stack_factory() -> AsyncIterator[Callable[..., Any]]:
-    exits: list[Any] = []
+    async with contextlib.AsyncExitStack() as exits:
 
-    async def start(config_of: Callable[[str], Config] = fast_config, **sim_kwargs: Any) -> Stack:
-        sim_cm = running_simulator(**sim_kwargs)
-        sim, sim_url = await sim_cm.__aenter__()
-        exits.append(sim_cm)
-        app = make_app(config_of(sim_url))
-        app_cm = running_app(app)
-        url = await app_cm.__aenter__()
-        stack = Stack(sim, url, app[HUB], [])
-        exits.append((app_cm, stack))
-        return stack
+        async def start(config_of: Callable[[str], Config] = fast_config) -> Stack:
+            sim, app, url = await exits.enter_async_context(sim_and_gateway(config_of))
+            stack = Stack(sim, url, app[HUB], [])
+            exits.push_async_callback(stack.close_clients)
+            return stack
 
-    yield start
-    for item in reversed(exits):
-        if isinstance(item, tuple):
-            app_cm, stack = item
-            for client in stack.clients:
-                await client.close()
-            await app_cm.__aexit__(None, None, None)
-        else:
-            await item.__aexit__(None, None, None)
+        yield start
 
 
 @pytest.fixture

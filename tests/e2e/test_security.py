@@ -8,6 +8,7 @@ revoked access kept streaming.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import logging
@@ -20,16 +21,15 @@ import pytest
 import structlog
 
 from tests.conftest import make_config
+from tests.stacks import fast_upstream, sim_and_gateway
 from watchgw.client.client import WatchClient, WatchClientError
 from watchgw.config import Config, LogConfig
 from watchgw.hub.hub import WatchHub
 from watchgw.logs import configure_logging
-from watchgw.sim import Fault, Simulator, running_simulator
+from watchgw.sim import Fault, Simulator
 from watchgw.sim.rbac import Rules
-from watchgw.web.app import make_app
 from watchgw.web.keys import HUB
 from watchgw.web.recheck import recheck_once
-from watchgw.web.server import running_app
 
 SECRETS = "api/v1/secrets"
 TOKENS = {"tok-alice-0123456789": "alice", "tok-bob-0123456789": "bob", "tok-gateway-0123456789": "gateway"}
@@ -49,6 +49,10 @@ class Secure:
     def hub(self) -> WatchHub:
         return self.app[HUB]  # type: ignore[no-any-return]
 
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
+
     async def client(self, headers: dict[str, str] | None, *, connect: bool = True, **kw: Any) -> WatchClient:
         client = WatchClient(self.url, headers=headers, record=True, **kw)
         self.clients.append(client)
@@ -63,42 +67,31 @@ def bearer_config(sim_url: str, **upstream: Any) -> Config:
         auth={"mode": "bearer", "cache_ttl_s": 0.05, "recheck_s": 3600},
         limits={"grace_period_s": 0.5, "session_ttl_s": 0.5},
     )
-    return dataclasses.replace(
-        config,
-        upstream=dataclasses.replace(
-            config.upstream, backoff_initial_s=0.01, backoff_max_s=0.05, inactivity_timeout_s=2.0, **upstream
-        ),
-    )
+    return fast_upstream(config, backoff_max_s=0.05, inactivity_timeout_s=2.0, **upstream)
+
+
+def with_rules(sim: Simulator) -> Rules:
+    rules = Rules()
+    sim.tokens = dict(TOKENS)
+    sim.authorizer = rules
+    rules.allow("gateway", resource="*")  # the gateway's own credential may watch everything
+    return rules
 
 
 @pytest.fixture
 async def secure_factory() -> AsyncIterator[Callable[..., Any]]:
-    exits: list[Any] = []
+    async with contextlib.AsyncExitStack() as exits:
 
-    async def start(config_of: Callable[[str], Config] = bearer_config) -> Secure:
-        sim_cm = running_simulator()
-        sim, sim_url = await sim_cm.__aenter__()
-        exits.append(sim_cm)
-        rules = Rules()
-        sim.tokens = dict(TOKENS)
-        sim.authorizer = rules
-        rules.allow("gateway", resource="*")  # the gateway's own credential may watch everything
-        app = make_app(config_of(sim_url))
-        app_cm = running_app(app)
-        url = await app_cm.__aenter__()
-        secure = Secure(sim, rules, url, app, [])
-        exits.append((app_cm, secure))
-        return secure
+        async def start(config_of: Callable[[str], Config] = bearer_config) -> Secure:
+            rules: list[Rules] = []
+            sim, app, url = await exits.enter_async_context(
+                sim_and_gateway(config_of, prepare=lambda sim: rules.append(with_rules(sim)))
+            )
+            secure = Secure(sim, rules[0], url, app, [])
+            exits.push_async_callback(secure.close_clients)
+            return secure
 
-    yield start
-    for item in reversed(exits):
-        if isinstance(item, tuple):
-            app_cm, secure = item
-            for client in secure.clients:
-                await client.close()
-            await app_cm.__aexit__(None, None, None)
-        else:
-            await item.__aexit__(None, None, None)
+        yield start
 
 
 def with_gateway_token(sim_url: str) -> Config:
