@@ -97,9 +97,9 @@ class _Counter:
         self.target = target
         self.done = asyncio.get_running_loop().create_future()
 
-    def on_event(self, event: Any) -> None:
-        self.count += 1
-        if self.count == self.target and not self.done.done():
+    def on_events(self, events: list[Any]) -> None:
+        self.count += len(events)
+        if self.count >= self.target and not self.done.done():
             self.done.set_result(None)
 
     def on_state(self, state: Any) -> None:

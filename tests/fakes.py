@@ -73,7 +73,7 @@ class FakeUpstream:
         else:
             self.objects[event.key] = event
         self.resource_version = max(self.resource_version, event.resource_version, key=lambda v: int(v or 0))
-        self.listener.on_event(event)
+        self.listener.on_events([event])
 
     def degraded(self, code: int = 503, reason: str = "ConnectionFailed", message: str = "down") -> None:
         self.listener.on_state(

@@ -17,9 +17,11 @@ class FakeTransport(asyncio.WriteTransport):
         self.buffered = 0
         self.closing = False
         self.aborted = False
+        self.wrote = asyncio.Event()
 
     def write(self, data: Any) -> None:
         self.written.append(bytes(data))
+        self.wrote.set()
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -183,3 +185,48 @@ async def test_replay_beyond_trimmed_history_resyncs_only_that_channel() -> None
     session.attach(FakeTransport(), chunked=True, last_event_id=start.id)
     assert "a" in session._resync or "b" in session._resync
     assert all(f.channel not in session._resync for f in session._pending)
+
+
+async def test_a_batch_is_one_write_of_shared_bytes() -> None:
+    session, _ = make_session(buffer_bytes=100_000)
+    transport = FakeTransport()
+    session.attach(transport, chunked=True, last_event_id=None)
+    frames = [watch_frame("a", f"o{i}") for i in range(20)]
+    wire = b"".join(f.wire for f in frames)
+    session.push_batch(frames, wire)
+    assert len(transport.written) == 1
+    assert transport.written[0] == wire
+    assert session.last_id == frames[-1].id
+
+
+async def test_snapshot_frames_are_not_kept_for_replay() -> None:
+    session, _ = make_session(buffer_bytes=100_000)
+    transport = FakeTransport()
+    generation = session.attach(transport, chunked=True, last_event_id=None)
+    snapshot = [
+        FRAMES.watch(
+            channel_json=b'"a"',
+            channel="a",
+            type="ADDED",
+            key=ObjectKey(f"default/s{i}"),
+            object_json=b"{}",
+            resource_version="1",
+            snapshot=True,
+        )
+        for i in range(10)
+    ]
+    session.push_many(snapshot)
+
+    async def drain() -> None:
+        return None
+
+    pump = asyncio.create_task(session.pump(generation, drain=drain, stall_timeout_s=5, idle_check_s=5))
+    async with asyncio.timeout(5):
+        await transport.wrote.wait()
+    assert b"".join(transport.written) == b"".join(f.wire for f in snapshot)
+    assert not session._sent, "per-client snapshot frames do not stay in memory"
+    session.detach(generation)
+    await pump
+    # A resume from the middle of the snapshot cannot replay it: the channel is resynced.
+    session.attach(FakeTransport(), chunked=True, last_event_id=snapshot[4].id)
+    assert "a" in session._resync

@@ -33,8 +33,8 @@ class Recorder:
         self.states: list[InformerState] = []
         self.changed = asyncio.Event()
 
-    def on_event(self, event: WatchEvent) -> None:
-        self.events.append(event)
+    def on_events(self, events: list[WatchEvent]) -> None:
+        self.events.extend(events)
         self.changed.set()
 
     def on_state(self, state: InformerState) -> None:

@@ -129,39 +129,60 @@ class Channel:
         return None
 
     # ------------------------------------------------------------------ informer listener
-    def on_event(self, event: WatchEvent) -> None:
-        rv = self._advance(event.resource_version)
-        frame = self._frames.watch(
-            channel_json=self.key_json,
-            channel=self.key,
-            type=event.type,
-            key=event.key if event.type != "BOOKMARK" else None,
-            object_json=event.object_json,
-            resource_version=rv,
-        )
-        self.events += 1
+    def on_events(self, events: list[WatchEvent]) -> None:
+        """One upstream chunk: frames built once, written to each subscriber in one write."""
+        self.events += len(events)
+        advance = self._advance
         if not self.synced:
-            return  # the first LIST: waiting sessions get one shared snapshot at sync
+            # The first LIST: waiting sessions get one shared snapshot at sync.
+            for event in events:
+                advance(event.resource_version)
+            return
+        watch = self._frames.watch
         history = self.history
-        history.append((self._rv_int, frame))
-        if len(history) > self.history_limit:
+        frames: list[Frame] = []
+        for event in events:
+            rv = advance(event.resource_version)
+            frame = watch(
+                channel_json=self.key_json,
+                channel=self.key,
+                type=event.type,
+                key=event.key if event.type != "BOOKMARK" else None,
+                object_json=event.object_json,
+                resource_version=rv,
+            )
+            frames.append(frame)
+            history.append((self._rv_int, frame))
+        while len(history) > self.history_limit:
             self.history_floor = history.popleft()[0]
         subscribers = self.subscribers
-        for session in subscribers:
-            session.push(frame)
-        self.deliveries += len(subscribers)
+        if not subscribers:
+            return
+        if len(frames) == 1:
+            frame = frames[0]
+            for session in subscribers:
+                session.push(frame)
+        else:
+            wire = b"".join([f.wire for f in frames])
+            for session in subscribers:
+                session.push_batch(frames, wire)
+        self.deliveries += len(subscribers) * len(frames)
+
+    def on_event(self, event: WatchEvent) -> None:
+        self.on_events([event])
 
     def _advance(self, resource_version: str) -> str:
-        """The channel's version after an event: the newest of the event's and the informer's."""
-        best = self._rv_int
-        for candidate in (resource_version, self.upstream.resource_version):
-            if candidate.isdigit():
-                value = int(candidate)
-                if value > best:
-                    best = value
-        if best != self._rv_int or not self.rv:
-            self._rv_int = best
-            self.rv = str(best) if best or not resource_version else resource_version
+        """The channel's version after an event: never older than the one before.
+
+        A relist's DELETED events carry the LIST's resourceVersion (the object's own is older),
+        so every frame's version is one a client can hand back to ``subscribe`` to catch up."""
+        if resource_version.isdigit():
+            value = int(resource_version)
+            if value > self._rv_int or not self.rv:
+                self._rv_int = max(value, self._rv_int)
+                self.rv = str(self._rv_int)
+        elif not self.rv:
+            self.rv = resource_version
         return self.rv
 
     def on_state(self, state: InformerState) -> None:
@@ -226,6 +247,7 @@ class Channel:
                 key=key,
                 object_json=event.object_json,
                 resource_version=rv,
+                snapshot=True,
             )
             for key, event in self.upstream.objects.items()
         ]
@@ -272,7 +294,7 @@ class Channel:
         if since < self.history_floor or since > self._rv_int or self.history_floor < 0:
             return None
         reissue = self._frames.reissue
-        return [reissue(frame) for rv, frame in self.history if rv > since]
+        return [reissue(frame, snapshot=True) for rv, frame in self.history if rv > since]
 
     def leave(self, session: Session) -> bool:
         """Remove a subscriber; True when it was one."""

@@ -35,13 +35,17 @@ class Frame:
     an object wins) and for per-channel resync; both are empty for session-level frames.
     """
 
-    __slots__ = ("channel", "id", "key", "wire")
+    __slots__ = ("channel", "id", "key", "snapshot", "wire")
 
-    def __init__(self, id: int, wire: bytes, channel: str = "", key: ObjectKey | None = None) -> None:
+    def __init__(
+        self, id: int, wire: bytes, channel: str = "", key: ObjectKey | None = None, snapshot: bool = False
+    ) -> None:
         self.id = id
         self.wire = wire
         self.channel = channel
         self.key = key
+        self.snapshot = snapshot
+        """Made for one session (snapshot, catch-up): not kept for replay, a resync rebuilds it."""
 
     @property
     def payload(self) -> bytes:
@@ -68,11 +72,13 @@ class FrameFactory:
     def last_id(self) -> int:
         return self._last_id
 
-    def _frame(self, event: bytes, data: bytes, channel: str, key: ObjectKey | None) -> Frame:
+    def _frame(
+        self, event: bytes, data: bytes, channel: str, key: ObjectKey | None, snapshot: bool = False
+    ) -> Frame:
         self._last_id += 1
         fid = self._last_id
         body = b"id: %d\nevent: %s\ndata: %s\n\n" % (fid, event, data)
-        return Frame(fid, b"%x\r\n%s\r\n" % (len(body), body), channel, key)
+        return Frame(fid, b"%x\r\n%s\r\n" % (len(body), body), channel, key, snapshot)
 
     def event(self, event: str, data: dict[str, Any], *, channel: str = "") -> Frame:
         """A control event (``subscribed``, ``synced``, ``resync`` ...): not on the hot path."""
@@ -87,6 +93,7 @@ class FrameFactory:
         key: ObjectKey | None,
         object_json: bytes,
         resource_version: str,
+        snapshot: bool = False,
     ) -> Frame:
         """A ``watch`` event: the object's JSON is spliced in as the informer encoded it."""
         data = b'{"channel":%s,"type":"%s","object":%s,"resourceVersion":%s}' % (
@@ -95,15 +102,15 @@ class FrameFactory:
             object_json,
             rv_json(resource_version),
         )
-        return self._frame(b"watch", data, channel, key)
+        return self._frame(b"watch", data, channel, key, snapshot)
 
-    def reissue(self, frame: Frame) -> Frame:
+    def reissue(self, frame: Frame, *, snapshot: bool = False) -> Frame:
         """The same event under a new id (catch-up from a channel's history for a late joiner)."""
         payload = frame.payload
         rest = payload[payload.index(b"\n") + 1 :]
         self._last_id += 1
         body = b"id: %d\n%s" % (self._last_id, rest)
-        return Frame(self._last_id, chunk(body), frame.channel, frame.key)
+        return Frame(self._last_id, chunk(body), frame.channel, frame.key, snapshot)
 
     def connected(self, *, client_id: str, resumed: bool, retry_ms: int, frame_id: int | None) -> bytes:
         """The first frame of a stream, as raw SSE bytes (written through the response).

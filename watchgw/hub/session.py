@@ -127,6 +127,27 @@ class Session:
         if t is not None:
             self._wake.set()
 
+    def push_batch(self, frames: list[Frame], wire: bytes) -> None:
+        """Several frames of one channel, ``wire`` their joined bytes (shared): one write."""
+        if self._resync and frames[0].channel in self._resync:
+            return
+        t = self.transport
+        if (
+            t is not None
+            and not self._pending
+            and t.get_write_buffer_size() < WRITE_HIGH_WATER
+            and not t.is_closing()
+        ):
+            self.last_id = frames[-1].id
+            t.write(wire if self._chunked else b"".join([f.payload for f in frames]))
+            self._sent.extend(frames)
+            self._sent_bytes += len(wire)
+            if self._sent_bytes > self._limit:
+                self._trim_sent()
+            return
+        for frame in frames:
+            self.push(frame)
+
     def push_many(self, frames: Iterable[Frame]) -> None:
         """Queue a batch (a snapshot): it may exceed the buffer bound by its own size, once."""
         for frame in frames:
@@ -136,6 +157,23 @@ class Session:
         self._budget = max(self._budget, self._pending_bytes + self._limit)
         if self.transport is not None:
             self._wake.set()
+
+    def _remember_written(self, frames: Iterable[Frame]) -> None:
+        """Keep written frames for replay; frames made for this session alone (snapshots) are
+        not kept (memory per client would grow with the snapshot): a resume from before one
+        gets a ``resync`` of that channel instead, as for frames trimmed from the history."""
+        sent = self._sent
+        trimmed = self._trimmed
+        size = 0
+        for frame in frames:
+            if frame.snapshot:
+                trimmed[frame.channel] = frame.id
+            else:
+                sent.append(frame)
+                size += len(frame.wire)
+        self._sent_bytes += size
+        if self._sent_bytes > self._limit:
+            self._trim_sent()
 
     def _trim_sent(self) -> None:
         sent = self._sent
@@ -312,10 +350,7 @@ class Session:
                 transport.write(b"".join([f.wire for f in frames]))
             else:
                 transport.write(b"".join([f.payload for f in frames]))
-            self._sent.extend(frames)
-            self._sent_bytes += sum(len(f.wire) for f in frames)
-            if self._sent_bytes > self._limit:
-                self._trim_sent()
+            self._remember_written(frames)
 
     # ------------------------------------------------------------------ lifetime
     def schedule_expiry(self, ttl_s: float, on_expire: Callable[[], None]) -> None:

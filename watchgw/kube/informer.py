@@ -5,7 +5,7 @@ LIST is needed; :meth:`Informer._relist` lists and reports the difference agains
 :meth:`Informer._watch_once` runs one watch request from the latest resourceVersion under an
 inactivity timer; :meth:`KubeClient.watch` parses the stream and :mod:`watchgw.kube.ndjson` splits it.
 
-Guarantee to the listener: applying the events passed to ``on_event`` in order, starting from an
+Guarantee to the listener: applying the events passed to ``on_events`` in order, starting from an
 empty map, always yields :attr:`Informer.objects` (also across 410 relists, whose missing deletions
 are synthesized from the last known objects). A watch that ends normally or goes silent resumes
 from the latest resourceVersion (bookmarks included) without a LIST; only 410 (or 404 on a watch)
@@ -256,9 +256,8 @@ class Informer:
             resource_version=result.resource_version,
             duration_s=round(self._now() - started, 3),
         )
-        on_event = self._listener.on_event
-        for event in events:
-            on_event(event)
+        if events:
+            self._listener.on_events(events)
         self._watching()
 
     # -- one watch request -----------------------------------------------------------------------
@@ -312,7 +311,7 @@ class Informer:
         started = self._last_activity
         self._log.info("upstream.watch_started", resource_version=self.resource_version, timeout_s=timeout_s)
         objects = self.objects
-        on_event = self._listener.on_event
+        on_events = self._listener.on_events
         try:
             async with asyncio.timeout(None) as cm:
                 self._watch_cm = cm
@@ -336,8 +335,9 @@ class Informer:
                                     objects.pop(event.key, None)
                                 elif event.type != "BOOKMARK":
                                     objects[event.key] = event
-                                self.resource_version = event.resource_version
-                                on_event(event)
+                            if batch:
+                                self.resource_version = batch[-1].resource_version
+                                on_events(batch)
                             events += len(batch)
                 finally:
                     self._watch_cm = None

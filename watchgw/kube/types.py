@@ -83,8 +83,12 @@ class InformerState:
 class InformerListener(Protocol):
     """What the informer reports to (the hub's channel)."""
 
-    def on_event(self, event: WatchEvent) -> None:
-        """An object changed. Called in upstream order; after a (re)LIST, with the diff."""
+    def on_events(self, events: list[WatchEvent]) -> None:
+        """Objects changed: one batch per upstream chunk (or the diff of a (re)LIST), in order.
+
+        Batches let the hub write every event of a chunk to a subscriber in one write. The
+        informer's cache already reflects the whole batch when this is called; each event
+        carries its own ``resource_version``."""
 
     def on_state(self, state: InformerState) -> None:
         """The informer's phase changed (``WATCHING`` is also reported after every relist)."""
