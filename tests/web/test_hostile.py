@@ -110,6 +110,9 @@ async def test_subscribe_rate_limit_per_identity(gateway_factory: Callable[..., 
                     assert (await response.json())["error"]["code"] == "rate_limited"
     assert statuses[:3] == [200, 200, 200]
     assert statuses[3:] == [429, 429]
+    # Without authentication every caller is "anonymous": the bucket is per client, not shared.
+    other = await gateway.client()
+    await other.subscribe(resourceType="api/v1/secrets", namespace="ns-0")
 
 
 async def test_cors_allowlist(gateway_factory: Callable[..., Any]) -> None:

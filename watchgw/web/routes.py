@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -14,7 +15,7 @@ from watchgw.config import Config
 from watchgw.hub.errors import InvalidRequest
 from watchgw.hub.hub import WatchHub
 from watchgw.hub.keys import InvalidField, parse_channel_key, target_from_fields
-from watchgw.web.access import Access
+from watchgw.web.access import ANONYMOUS, Access, Caller
 from watchgw.web.body import RateLimited, fail, read_json_object
 from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER, STREAMS
 
@@ -104,21 +105,29 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def subscribe(request: web.Request) -> web.Response:
+async def _client_request(request: web.Request, fields: frozenset[str]) -> tuple[Caller, dict[str, Any], str]:
+    """What subscribe and unsubscribe share: who calls, the body, the client id, the rate limit."""
     app = request.app
-    config: Config = app[CONFIG]
-    hub: WatchHub = app[HUB]
-    access: Access = app[ACCESS]
-    caller = await access.authenticate(request)
-    _rate_limit(request, caller.identity)
-    body = await read_json_object(request, config.limits.max_body_bytes)
-    unknown = sorted(set(body) - _SUBSCRIBE_FIELDS)
+    caller = await app[ACCESS].authenticate(request)
+    body = await read_json_object(request, app[CONFIG].limits.max_body_bytes)
+    unknown = sorted(set(body) - fields)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}")
     client_id = _client_id(body.get("clientId"), field="clientId")
     query_cid = request.query.get("cid")
     if query_cid is not None and query_cid != client_id:
         raise InvalidRequest("clientId: the body and ?cid= name different clients")
+    # Per identity; without authentication every caller is "anonymous", so per client instead.
+    bucket = caller.identity if caller.identity != ANONYMOUS else f"cid:{client_id}"
+    wait_s = app[RATE_LIMITER].acquire(bucket)
+    if wait_s > 0:
+        raise RateLimited(wait_s)
+    return caller, body, client_id
+
+
+async def subscribe(request: web.Request) -> web.Response:
+    hub: WatchHub = request.app[HUB]
+    caller, body, client_id = await _client_request(request, _SUBSCRIBE_FIELDS)
     try:
         target = target_from_fields(body)
     except InvalidField as exc:
@@ -136,7 +145,7 @@ async def subscribe(request: web.Request) -> web.Response:
     session = hub.session_for(client_id, caller.identity)
     key, _already = hub.check_subscribe(session, target)  # limits before any work upstream
     # Authorized with the caller's own token, also when the channel is open for someone else.
-    await access.authorize(caller, target, key)
+    await request.app[ACCESS].authorize(caller, target, key)
     # The session may have ended while authorization was awaited: look it up again.
     session = hub.session_for(client_id, caller.identity)
     session.token = caller.token
@@ -145,17 +154,8 @@ async def subscribe(request: web.Request) -> web.Response:
 
 
 async def unsubscribe(request: web.Request) -> web.Response:
-    app = request.app
-    config: Config = app[CONFIG]
-    hub: WatchHub = app[HUB]
-    access: Access = app[ACCESS]
-    caller = await access.authenticate(request)
-    _rate_limit(request, caller.identity)
-    body = await read_json_object(request, config.limits.max_body_bytes)
-    unknown = sorted(set(body) - _UNSUBSCRIBE_FIELDS)
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r}")
-    client_id = _client_id(body.get("clientId"), field="clientId")
+    hub: WatchHub = request.app[HUB]
+    caller, body, client_id = await _client_request(request, _UNSUBSCRIBE_FIELDS)
     key = body.get("channel")
     if not isinstance(key, str) or not key:
         raise InvalidRequest("channel: must be the channel key returned by subscribe")
@@ -166,12 +166,6 @@ async def unsubscribe(request: web.Request) -> web.Response:
     session = hub.session_for(client_id, caller.identity)
     hub.unsubscribe(session, key)
     return web.json_response({"ok": True})
-
-
-def _rate_limit(request: web.Request, identity: str) -> None:
-    wait_s = request.app[RATE_LIMITER].acquire(identity)
-    if wait_s > 0:
-        raise RateLimited(wait_s)
 
 
 async def stats(request: web.Request) -> web.Response:
