@@ -127,7 +127,7 @@ async def test_overflow_of_distinct_objects_marks_resync_and_drops_that_channel(
         await drained.wait()
 
     generation = session.stream_generation
-    pump = asyncio.create_task(session.pump(generation, drain=drain, stall_timeout_s=5, idle_check_s=5))
+    pump = asyncio.create_task(session.pump(generation, drain=drain, stall_timeout_s=5, heartbeat_s=5))
     await asyncio.sleep(0)  # one loop turn: the pump reaches its drain
     assert resnapshots == [], "no snapshot while the transport is still full"
     transport.buffered = 0
@@ -150,7 +150,7 @@ async def test_stalled_client_is_aborted_after_the_timeout() -> None:
     async def never_drains() -> None:
         await asyncio.Event().wait()
 
-    await session.pump(generation, drain=never_drains, stall_timeout_s=0.05, idle_check_s=5)
+    await session.pump(generation, drain=never_drains, stall_timeout_s=0.05, heartbeat_s=5)
     assert transport.aborted
 
 
@@ -220,7 +220,7 @@ async def test_snapshot_frames_are_not_kept_for_replay() -> None:
     async def drain() -> None:
         return None
 
-    pump = asyncio.create_task(session.pump(generation, drain=drain, stall_timeout_s=5, idle_check_s=5))
+    pump = asyncio.create_task(session.pump(generation, drain=drain, stall_timeout_s=5, heartbeat_s=5))
     async with asyncio.timeout(5):
         await transport.wrote.wait()
     assert b"".join(transport.written) == b"".join(f.wire for f in snapshot)

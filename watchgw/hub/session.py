@@ -20,19 +20,20 @@ were trimmed from ``sent`` beyond that id cannot be replayed exactly and get a `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import structlog
 
-from watchgw.hub.frames import Frame
+from watchgw.hub.frames import PING, Frame, chunk
 
 if TYPE_CHECKING:
     from watchgw.hub.channel import Channel
 
 log = structlog.get_logger("watchgw.session")
+
+_PING_CHUNK = chunk(PING)
 
 #: Above this many bytes in the transport's buffer, frames queue in the session instead.
 WRITE_HIGH_WATER = 256 * 1024
@@ -53,7 +54,7 @@ class Session:
         "_sent_bytes",
         "_trimmed",
         "_ttl_handle",
-        "_wake",
+        "_waiter",
         "channels",
         "client_id",
         "closing",
@@ -90,14 +91,15 @@ class Session:
         self._chunked = True
         self._limit = buffer_bytes
         self._budget = buffer_bytes
-        self._pending: deque[Frame] = deque()
+        self._pending: list[Frame] = []
         self._pending_bytes = 0
         self._sent: deque[Frame] = deque()
         self._sent_bytes = 0
         self._trimmed: dict[str, int] = {}
         self._resync: dict[str, None] = {}
         self._resnapshot = resnapshot
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        """What the pump awaits while idle; a future made only then (lighter than an Event)."""
         self._ttl_handle: asyncio.TimerHandle | None = None
         self._on_expire: Callable[[], None] | None = None
 
@@ -125,7 +127,7 @@ class Session:
         if self._pending_bytes > self._budget:
             self._relieve()
         if t is not None:
-            self._wake.set()
+            self._wake()
 
     def push_batch(self, frames: list[Frame], wire: bytes) -> None:
         """Several frames of one channel, ``wire`` their joined bytes (shared): one write."""
@@ -156,7 +158,7 @@ class Session:
             self._pending_bytes += len(frame.wire)
         self._budget = max(self._budget, self._pending_bytes + self._limit)
         if self.transport is not None:
-            self._wake.set()
+            self._wake()
 
     def _remember_written(self, frames: Iterable[Frame]) -> None:
         """Keep written frames for replay; frames made for this session alone (snapshots) are
@@ -199,7 +201,7 @@ class Session:
             if not frame.key or latest[(frame.channel, frame.key)] == index
         ]
         self.coalesced += before - len(kept)
-        self._pending = deque(kept)
+        self._pending = kept
         self._pending_bytes = sum(len(f.wire) for f in kept)
         if self._pending_bytes <= self._limit:
             self._budget = self._limit
@@ -226,11 +228,10 @@ class Session:
             return
         self._resync[channel] = None
         self.resyncs += 1
-        kept = deque(f for f in self._pending if f.channel != channel)
-        self._pending = kept
-        self._pending_bytes = sum(len(f.wire) for f in kept)
+        self._pending = [f for f in self._pending if f.channel != channel]
+        self._pending_bytes = sum(len(f.wire) for f in self._pending)
         if self.transport is not None:
-            self._wake.set()
+            self._wake()
 
     def forget_channel(self, channel: str) -> None:
         """The session left the channel: nothing more of it may be delivered."""
@@ -253,7 +254,7 @@ class Session:
             self._replay_after(last_event_id)
         self.transport = transport
         self._chunked = chunked
-        self._wake.set()
+        self._wake()
         return self.stream_generation
 
     def detach(self, generation: int) -> bool:
@@ -261,7 +262,7 @@ class Session:
         if generation != self.stream_generation:
             return False
         self.transport = None
-        self._wake.set()
+        self._wake()
         return True
 
     def _replay_after(self, last_id: int) -> None:
@@ -270,7 +271,7 @@ class Session:
         lost = {channel for channel, trimmed_id in self._trimmed.items() if trimmed_id > last_id}
         if lost:
             replay = [f for f in replay if f.channel not in lost]
-        self._pending.extendleft(reversed(replay))
+        self._pending[0:0] = replay
         self._pending_bytes += sum(len(f.wire) for f in replay)
         # What is replayed is no longer "sent": it is written again from pending.
         self._sent = deque(f for f in self._sent if f.id <= last_id)
@@ -290,10 +291,15 @@ class Session:
         self._resync.clear()
         self._budget = self._limit
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def end_stream(self) -> None:
         """Finish the current stream after writing what is pending (server drain)."""
         self.closing = True
-        self._wake.set()
+        self._wake()
 
     async def pump(
         self,
@@ -301,27 +307,34 @@ class Session:
         *,
         drain: Callable[[], Awaitable[None]],
         stall_timeout_s: float,
-        idle_check_s: float,
+        heartbeat_s: float,
     ) -> None:
         """Write what is pending until this stream is detached or replaced; run by the stream handler.
 
         ``drain`` completes when the transport's buffer is below its low-water mark. A client that
         accepts nothing for ``stall_timeout_s`` is disconnected (its session stays, so it can
-        resume). Every ``idle_check_s`` of silence the transport is checked, so a vanished peer
-        ends the stream even where the server does not cancel handlers on disconnect.
+        resume). After ``heartbeat_s`` of silence a ``: ping`` comment is written; that also
+        notices a vanished peer where the server does not cancel handlers on disconnect.
         """
         while self.stream_generation == generation and self.transport is not None:
             if not self._pending and not self._resync:
                 if self.closing:
                     return
                 self._budget = self._limit
-                self._wake.clear()
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
                 try:
-                    async with asyncio.timeout(idle_check_s):
-                        await self._wake.wait()
+                    async with asyncio.timeout(heartbeat_s):
+                        await waiter
                 except TimeoutError:
-                    if self.transport is not None and self.transport.is_closing():
+                    # Quiet for heartbeat_s: a comment keeps proxies from closing the stream, and
+                    # the write shows whether the peer is still there.
+                    transport = self.transport
+                    if transport is None or transport.is_closing():
                         return
+                    transport.write(_PING_CHUNK if self._chunked else PING)
+                finally:
+                    if self._waiter is waiter:  # a newer stream's pump may have its own by now
+                        self._waiter = None
                 continue
             transport = self.transport
             if transport.is_closing():
@@ -343,14 +356,19 @@ class Session:
                 del self._resync[channel]
                 self._resnapshot(self, channel)
                 continue
-            frames = self._pending
-            self._pending = deque()
-            self._pending_bytes = 0
-            if self._chunked:
-                transport.write(b"".join([f.wire for f in frames]))
-            else:
-                transport.write(b"".join([f.payload for f in frames]))
-            self._remember_written(frames)
+            self._write_pending(transport)
+
+    def _write_pending(self, transport: asyncio.WriteTransport) -> None:
+        """Everything pending in one write. A method of its own so that no local of the pump
+        keeps the written frames (a whole snapshot) alive while it waits."""
+        frames = list(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._chunked:
+            transport.write(b"".join([f.wire for f in frames]))
+        else:
+            transport.write(b"".join([f.payload for f in frames]))
+        self._remember_written(frames)
 
     # ------------------------------------------------------------------ lifetime
     def schedule_expiry(self, ttl_s: float, on_expire: Callable[[], None]) -> None:
@@ -376,5 +394,4 @@ class Session:
         self._pending_bytes = self._sent_bytes = 0
         self.transport = None
         self.stream_generation += 1
-        with contextlib.suppress(RuntimeError):
-            self._wake.set()
+        self._wake()
