@@ -102,7 +102,9 @@ class Channel:
         self.upstream_restarts += 1
         for session in list(self.subscribers):
             session.push(
-                self._frames.event("resync", {"channel": self.key, "reason": "restart"}, channel=self.key)
+                self._frames.event(
+                    "resync", {"channel": self.key, "reason": "restart"}, channel=self.key, snapshot=True
+                )
             )
             self.waiting[session] = True
         self.subscribers.clear()
@@ -251,21 +253,27 @@ class Channel:
             )
             for key, event in self.upstream.objects.items()
         ]
-        out.append(frames.event("synced", {"channel": self.key, "resourceVersion": rv}, channel=self.key))
+        out.append(
+            frames.event(
+                "synced", {"channel": self.key, "resourceVersion": rv}, channel=self.key, snapshot=True
+            )
+        )
         return out
 
     # ------------------------------------------------------------------ subscribers
     def join(self, session: Session, *, resource_version: str | None, snapshot: bool) -> None:
         """Add a subscriber; everything it needs comes from the channel's cache and history."""
         session.channels[self.key] = self
-        session.push(self._frames.event("subscribed", {"channel": self.key}, channel=self.key))
+        session.push(self._frames.event("subscribed", {"channel": self.key}, channel=self.key, snapshot=True))
         if self.error_frame is not None:
-            session.push(self._frames.reissue(self.error_frame))
+            session.push(self._frames.reissue(self.error_frame, snapshot=True))
         if not self.synced:
             if snapshot and resource_version:
                 # Nothing to catch up from yet: the client must drop what it holds.
                 session.push(
-                    self._frames.event("resync", {"channel": self.key, "reason": "expired"}, channel=self.key)
+                    self._frames.event(
+                        "resync", {"channel": self.key, "reason": "expired"}, channel=self.key, snapshot=True
+                    )
                 )
             self.waiting[session] = snapshot
             return
@@ -274,7 +282,10 @@ class Channel:
             if catch_up is not None:
                 catch_up.append(
                     self._frames.event(
-                        "synced", {"channel": self.key, "resourceVersion": self.rv}, channel=self.key
+                        "synced",
+                        {"channel": self.key, "resourceVersion": self.rv},
+                        channel=self.key,
+                        snapshot=True,
                     )
                 )
                 session.push_many(catch_up)
@@ -282,7 +293,7 @@ class Channel:
                 frames = self._snapshot_frames()
                 if resource_version:
                     reason = {"channel": self.key, "reason": "expired"}
-                    frames.insert(0, self._frames.event("resync", reason, channel=self.key))
+                    frames.insert(0, self._frames.event("resync", reason, channel=self.key, snapshot=True))
                 session.push_many(frames)
         self.subscribers[session] = None
 
@@ -316,13 +327,18 @@ class Channel:
             return
         if not self.synced:
             session.push(
-                self._frames.event("resync", {"channel": self.key, "reason": "overflow"}, channel=self.key)
+                self._frames.event(
+                    "resync", {"channel": self.key, "reason": "overflow"}, channel=self.key, snapshot=True
+                )
             )
             self.subscribers.pop(session, None)
             self.waiting[session] = True
             return
         frames = self._snapshot_frames()
         frames.insert(
-            0, self._frames.event("resync", {"channel": self.key, "reason": "overflow"}, channel=self.key)
+            0,
+            self._frames.event(
+                "resync", {"channel": self.key, "reason": "overflow"}, channel=self.key, snapshot=True
+            ),
         )
         session.push_many(frames)

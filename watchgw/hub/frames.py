@@ -80,9 +80,11 @@ class FrameFactory:
         body = b"id: %d\nevent: %s\ndata: %s\n\n" % (fid, event, data)
         return Frame(fid, b"%x\r\n%s\r\n" % (len(body), body), channel, key, snapshot)
 
-    def event(self, event: str, data: dict[str, Any], *, channel: str = "") -> Frame:
-        """A control event (``subscribed``, ``synced``, ``resync`` ...): not on the hot path."""
-        return self._frame(event.encode(), dumps(data), channel, None)
+    def event(self, event: str, data: dict[str, Any], *, channel: str = "", snapshot: bool = False) -> Frame:
+        """A control event (``subscribed``, ``synced``, ``resync`` ...): not on the hot path.
+
+        ``snapshot``: made for one session (not kept for replay, see :attr:`Frame.snapshot`)."""
+        return self._frame(event.encode(), dumps(data), channel, None, snapshot)
 
     def watch(
         self,

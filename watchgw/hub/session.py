@@ -93,7 +93,8 @@ class Session:
         self._budget = buffer_bytes
         self._pending: list[Frame] = []
         self._pending_bytes = 0
-        self._sent: deque[Frame] = deque()
+        self._sent: deque[Frame] | None = None
+        """Written frames kept for replay; made at the first one (most idle clients have none)."""
         self._sent_bytes = 0
         self._trimmed: dict[str, int] = {}
         self._resync: dict[str, None] = {}
@@ -117,7 +118,13 @@ class Session:
             and not t.is_closing()
         ):
             t.write(frame.wire if self._chunked else frame.payload)
-            self._sent.append(frame)
+            if frame.snapshot:
+                self._trimmed[frame.channel] = frame.id  # not kept: see _remember_written
+                return
+            sent = self._sent
+            if sent is None:
+                sent = self._sent = deque()
+            sent.append(frame)
             self._sent_bytes += len(frame.wire)
             if self._sent_bytes > self._limit:
                 self._trim_sent()
@@ -142,6 +149,8 @@ class Session:
         ):
             self.last_id = frames[-1].id
             t.write(wire if self._chunked else b"".join([f.payload for f in frames]))
+            if self._sent is None:
+                self._sent = deque()
             self._sent.extend(frames)
             self._sent_bytes += len(wire)
             if self._sent_bytes > self._limit:
@@ -165,6 +174,8 @@ class Session:
         not kept (memory per client would grow with the snapshot): a resume from before one
         gets a ``resync`` of that channel instead, as for frames trimmed from the history."""
         sent = self._sent
+        if sent is None:
+            sent = self._sent = deque()
         trimmed = self._trimmed
         size = 0
         for frame in frames:
@@ -179,6 +190,7 @@ class Session:
 
     def _trim_sent(self) -> None:
         sent = self._sent
+        assert sent is not None
         trimmed = self._trimmed
         while self._sent_bytes > self._limit and sent:
             old = sent.popleft()
@@ -267,14 +279,15 @@ class Session:
 
     def _replay_after(self, last_id: int) -> None:
         """Requeue what the client missed: frames after ``last_id`` go before anything pending."""
-        replay = [f for f in self._sent if f.id > last_id]
+        sent = self._sent or deque()
+        replay = [f for f in sent if f.id > last_id]
         lost = {channel for channel, trimmed_id in self._trimmed.items() if trimmed_id > last_id}
         if lost:
             replay = [f for f in replay if f.channel not in lost]
         self._pending[0:0] = replay
         self._pending_bytes += sum(len(f.wire) for f in replay)
         # What is replayed is no longer "sent": it is written again from pending.
-        self._sent = deque(f for f in self._sent if f.id <= last_id)
+        self._sent = deque(f for f in sent if f.id <= last_id)
         self._sent_bytes = sum(len(f.wire) for f in self._sent)
         self._budget = max(self._budget, self._pending_bytes + self._limit)
         for channel in lost:
@@ -283,7 +296,7 @@ class Session:
 
     def reset(self) -> None:
         """A stream without ``Last-Event-ID``: the client starts over, nothing is replayed."""
-        self._sent.clear()
+        self._sent = None
         self._sent_bytes = 0
         self._trimmed.clear()
         self._pending.clear()
@@ -390,7 +403,7 @@ class Session:
         """Release buffers; the hub has already removed the session from its channels."""
         self.cancel_expiry()
         self._pending.clear()
-        self._sent.clear()
+        self._sent = None
         self._pending_bytes = self._sent_bytes = 0
         self.transport = None
         self.stream_generation += 1
