@@ -35,6 +35,12 @@ log = structlog.get_logger("watchgw.session")
 
 _PING_CHUNK = chunk(PING)
 
+
+def _heartbeat_due(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(True)
+
+
 #: Above this many bytes in the transport's buffer, frames queue in the session instead.
 WRITE_HIGH_WATER = 256 * 1024
 
@@ -99,7 +105,7 @@ class Session:
         self._trimmed: dict[str, int] = {}
         self._resync: dict[str, None] = {}
         self._resnapshot = resnapshot
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         """What the pump awaits while idle; a future made only then (lighter than an Event)."""
         self._ttl_handle: asyncio.TimerHandle | None = None
         self._on_expire: Callable[[], None] | None = None
@@ -307,7 +313,7 @@ class Session:
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(False)
 
     def end_stream(self) -> None:
         """Finish the current stream after writing what is pending (server drain)."""
@@ -334,20 +340,22 @@ class Session:
                 if self.closing:
                     return
                 self._budget = self._limit
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
+                loop = asyncio.get_running_loop()
+                waiter = self._waiter = loop.create_future()
+                timer = loop.call_later(heartbeat_s, _heartbeat_due, waiter)
                 try:
-                    async with asyncio.timeout(heartbeat_s):
-                        await waiter
-                except TimeoutError:
+                    beat = await waiter
+                finally:
+                    timer.cancel()
+                    if self._waiter is waiter:  # a newer stream's pump may have its own by now
+                        self._waiter = None
+                if beat:
                     # Quiet for heartbeat_s: a comment keeps proxies from closing the stream, and
                     # the write shows whether the peer is still there.
                     transport = self.transport
                     if transport is None or transport.is_closing():
                         return
                     transport.write(_PING_CHUNK if self._chunked else PING)
-                finally:
-                    if self._waiter is waiter:  # a newer stream's pump may have its own by now
-                        self._waiter = None
                 continue
             transport = self.transport
             if transport.is_closing():

@@ -3,13 +3,13 @@
 State lives on the application under typed keys (``web/keys.py``). The hub and the upstream client
 are made in a ``cleanup_ctx`` and torn down there; ``on_shutdown`` drains the streams first: every
 client gets ``reconnect``, its stream ends once that is written, then upstreams are cancelled.
+Open streams are found through the hub's sessions (no separate set of responses per client).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 
@@ -28,7 +28,7 @@ from watchgw.kube.types import WatchTarget
 from watchgw.web import routes
 from watchgw.web.access import Access, BearerAccess, OpenAccess
 from watchgw.web.body import RateLimited, error_response
-from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER, STREAMS
+from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
 from watchgw.web.metrics import install_metrics, metrics
 from watchgw.web.ratelimit import RateLimiter, retry_after_header
 from watchgw.web.recheck import recheck_forever
@@ -78,7 +78,6 @@ def make_app(
     app[CONFIG] = config
     if access is not None:
         app[ACCESS] = access
-    app[STREAMS] = weakref.WeakSet()
     app[RATE_LIMITER] = RateLimiter(
         rate_per_s=config.limits.subscribe_rate_per_s, burst=config.limits.subscribe_burst
     )

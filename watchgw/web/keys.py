@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 from aiohttp import web
 
 from watchgw.config import Config
@@ -14,5 +12,4 @@ from watchgw.web.ratelimit import RateLimiter
 CONFIG = web.AppKey("config", Config)
 HUB = web.AppKey("hub", WatchHub)
 ACCESS = web.AppKey("access", Access)
-STREAMS = web.AppKey("streams", weakref.WeakSet[web.StreamResponse])
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

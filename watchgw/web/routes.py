@@ -17,7 +17,7 @@ from watchgw.hub.hub import WatchHub
 from watchgw.hub.keys import InvalidField, parse_channel_key, target_from_fields
 from watchgw.web.access import ANONYMOUS, Access, Caller
 from watchgw.web.body import RateLimited, fail, read_json_object
-from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER, STREAMS
+from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
 
 log = structlog.get_logger("watchgw.web")
 
@@ -89,11 +89,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         frame_id=last_event_id if grant.resumed else None,
     )
     await response.write(connected)
+    del connected  # the handler lives as long as the stream: keep its frame small
     chunked = bool(getattr(writer, "chunked", True))
     generation = session.attach(
         transport, chunked=chunked, last_event_id=last_event_id if grant.resumed else None
     )
-    app[STREAMS].add(response)
     log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=caller.identity)
     try:
         await session.pump(
@@ -104,7 +104,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
         )
     finally:
         hub.stream_closed(session, generation)
-        app[STREAMS].discard(response)
         response.stop_streaming()
         log.info("client.disconnected", client_id=client_id)
     if not transport.is_closing():
