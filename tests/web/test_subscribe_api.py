@@ -272,3 +272,20 @@ async def test_other_clients_keep_streaming_after_bad_input(gateway: Gateway) ->
         assert 400 <= status < 500
     upstream.emit("ADDED", make_object("after", rv=2))
     await good.wait_for(lambda c: "default/after" in c.objects(channel))
+
+
+async def test_metric_totals_survive_closed_channels(gateway: Gateway) -> None:
+    client = await gateway.client()
+    channel = await client.subscribe(**SECRETS)
+    upstream = gateway.upstreams.for_key(channel)
+    upstream.listed(rv=1)
+    upstream.emit("ADDED", make_object("a", rv=2))
+    await client.wait_for(lambda c: "default/a" in c.objects(channel))
+    await client.unsubscribe(channel)
+    hub = gateway.hub
+    await hub.wait_for(lambda: channel not in hub.channels)
+    async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/metrics") as response:
+        text = await response.text()
+    assert "watchgw_deliveries_total 1.0" in text
+    assert "watchgw_upstream_events_total 1.0" in text
+    assert "watchgw_channels 0.0" in text

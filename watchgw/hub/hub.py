@@ -60,6 +60,8 @@ class WatchHub:
         self._waiters: list[asyncio.Future[None]] = []
         self.channels_opened = 0
         self.sessions_opened = 0
+        self.retired: dict[str, int] = {"events": 0, "deliveries": 0, "coalesced": 0, "resyncs": 0}
+        """Counters of channels and sessions that are gone, so totals never go backwards."""
 
     # ------------------------------------------------------------------ observing
     def _changed(self) -> None:
@@ -106,10 +108,13 @@ class WatchHub:
         self._changed()
         return StreamGrant(session, resumed=False)
 
-    def stream_closed(self, session: Session, generation: int) -> None:
-        """The stream ``generation`` of ``session`` ended: keep the session for ``session_ttl_s``."""
-        if not session.detach(generation):
+    def stream_closed(self, session: Session, generation: int | None) -> None:
+        """The stream ``generation`` of ``session`` ended (None: it never attached): keep the
+        session for ``session_ttl_s``, then end it."""
+        if generation is not None and not session.detach(generation):
             return  # a newer stream took over
+        if session.attached:
+            return  # never attached, but another stream of the session is live
         if self.sessions.get(session.client_id) is session:
             session.schedule_expiry(self.limits.session_ttl_s, lambda: self.end_session(session))
         self._changed()
@@ -119,6 +124,8 @@ class WatchHub:
             del self.sessions[session.client_id]
         self._release_subscriptions(session)
         session.close()
+        self.retired["coalesced"] += session.coalesced
+        self.retired["resyncs"] += session.resyncs
         log.info("client.expired", client_id=session.client_id)
         self._changed()
 
@@ -217,6 +224,8 @@ class WatchHub:
     def _close_channel(self, channel: Channel) -> None:
         if self.channels.get(channel.key) is channel:
             del self.channels[channel.key]
+            self.retired["events"] += channel.events
+            self.retired["deliveries"] += channel.deliveries
         if channel.grace_handle is not None:
             channel.grace_handle.cancel()
             channel.grace_handle = None

@@ -45,21 +45,26 @@ class HubCollector(Collector):
         )
         yield CounterMetricFamily("watchgw_channels_opened", "Channels opened", hub.channels_opened)
         yield CounterMetricFamily("watchgw_sessions_opened", "Client sessions opened", hub.sessions_opened)
+        retired = hub.retired
         yield CounterMetricFamily(
             "watchgw_upstream_events",
             "Events received from the control plane",
-            sum(c.events for c in channels),
+            retired["events"] + sum(c.events for c in channels),
         )
         yield CounterMetricFamily(
-            "watchgw_deliveries", "Watch events delivered to subscribers", sum(c.deliveries for c in channels)
+            "watchgw_deliveries",
+            "Watch events delivered to subscribers",
+            retired["deliveries"] + sum(c.deliveries for c in channels),
         )
         yield CounterMetricFamily(
             "watchgw_coalesced",
             "Superseded updates dropped for slow clients",
-            sum(s.coalesced for s in sessions),
+            retired["coalesced"] + sum(s.coalesced for s in sessions),
         )
         yield CounterMetricFamily(
-            "watchgw_resyncs", "Resyncs sent to slow clients", sum(s.resyncs for s in sessions)
+            "watchgw_resyncs",
+            "Channels resynced for clients that fell behind",
+            retired["resyncs"] + sum(s.resyncs for s in sessions),
         )
 
 

@@ -78,24 +78,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
     session.token = caller.token
     limits = config.limits
     response = SSEResponse(send_timeout=limits.stalled_client_timeout_s)
-    writer = await response.prepare(request)
-    transport = request.transport
-    if writer is None or transport is None or transport.is_closing():
-        return response
-    connected = hub.frames.connected(
-        client_id=client_id,
-        resumed=grant.resumed,
-        retry_ms=limits.retry_ms,
-        frame_id=last_event_id if grant.resumed else None,
-    )
-    await response.write(connected)
-    del connected  # the handler lives as long as the stream: keep its frame small
-    chunked = bool(getattr(writer, "chunked", True))
-    generation = session.attach(
-        transport, chunked=chunked, last_event_id=last_event_id if grant.resumed else None
-    )
-    log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=caller.identity)
+    generation: int | None = None
     try:
+        writer = await response.prepare(request)
+        transport = request.transport
+        if writer is None or transport is None or transport.is_closing():
+            return response
+        connected = hub.frames.connected(
+            client_id=client_id,
+            resumed=grant.resumed,
+            retry_ms=limits.retry_ms,
+            frame_id=last_event_id if grant.resumed else None,
+        )
+        await response.write(connected)
+        del connected  # the handler lives as long as the stream: keep its frame small
+        chunked = bool(getattr(writer, "chunked", True))
+        generation = session.attach(
+            transport, chunked=chunked, last_event_id=last_event_id if grant.resumed else None
+        )
+        log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=caller.identity)
         await session.pump(
             generation,
             drain=writer.drain,
@@ -103,9 +104,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
             heartbeat_s=limits.heartbeat_s,
         )
     finally:
+        # Attached or not (the client may vanish before), the session must end after its TTL.
         hub.stream_closed(session, generation)
-        response.stop_streaming()
-        log.info("client.disconnected", client_id=client_id)
+        if generation is not None:
+            response.stop_streaming()
+            log.info("client.disconnected", client_id=client_id)
     if not transport.is_closing():
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             await response.write_eof()
