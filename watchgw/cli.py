@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import structlog
 
@@ -73,10 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(LogConfig())
         from watchgw.sim.server import serve_sim
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_sim(host=args.host, port=args.port, demo_churn=args.demo))
+        asyncio.run(_until_signalled(serve_sim(host=args.host, port=args.port, demo_churn=args.demo)))
         return 0
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` until SIGTERM or SIGINT, then cancel it and let it clean up."""
+    task = asyncio.create_task(main)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _serve(config: Config, path: str) -> None:

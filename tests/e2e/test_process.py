@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from watchgw.client.client import WatchClient
@@ -116,3 +117,38 @@ async def test_sighup_reloads_log_settings(tmp_path: Path) -> None:
                     break
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_sim_command_serves_the_watch_protocol_and_stops_on_sigterm() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watchgw",
+        "sim",
+        "--port",
+        "0",
+        "--demo",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        url = ""
+        async with asyncio.timeout(30):
+            while not url:
+                line = await proc.stderr.readline()
+                assert line, "the simulator exited before listening"
+                if line.startswith(b"{") and json.loads(line)["event"] == "sim.listening":
+                    url = json.loads(line)["url"]
+        project = "/apis/resourcemanager.miloapis.com/v1alpha1/projects/proj-abc/control-plane"
+        path = project + "/api/v1/namespaces/default/secrets"
+        async with aiohttp.ClientSession() as http, http.get(url + path) as response:
+            body = await response.json()
+        assert body["kind"] == "SecretList"
+        assert body["items"], "--demo seeds sample resources"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

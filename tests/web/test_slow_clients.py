@@ -104,7 +104,7 @@ async def test_a_client_gone_before_its_stream_started_still_expires(
     gateway: Gateway = await gateway_factory(make_config(limits={"session_ttl_s": 0.2}))
     host, port = gateway.url.removeprefix("http://").split(":")
     for i in range(5):
-        reader, writer = await asyncio.open_connection(host, int(port))
+        _reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(f"GET /api/watch/stream?cid=vanishing-{i:03d} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         await writer.drain()
         writer.transport.abort()  # gone at once, maybe before the handler even ran

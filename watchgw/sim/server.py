@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import structlog
 import ujson
 from aiohttp import web
 
@@ -895,7 +896,8 @@ async def serve_sim(*, host: str, port: int, demo_churn: bool = False, sim: Simu
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        log.info("sim.listening host=%s port=%s addresses=%s", host, port, runner.addresses)
+        bound = runner.addresses[0][1] if runner.addresses else port
+        structlog.get_logger("watchgw.sim").info("sim.listening", url=f"http://{host}:{bound}")
         if demo_churn:
             churn = asyncio.create_task(run_demo_churn(sim))
         started = time.monotonic()
