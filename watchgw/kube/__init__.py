@@ -1,0 +1,1 @@
+"""The upstream side: everything that speaks to the control plane (URLs, credentials, client, informer)."""

@@ -1,0 +1,1 @@
+"""The HTTP side: the aiohttp application, its routes, access control, metrics and server loop."""
