@@ -53,6 +53,7 @@ class ChaosReport:
     events_delivered: int = 0
     checked: int = 0
     mismatches: int = 0
+    ids_out_of_order: int = 0
     rss_start_kb: int = 0
     rss_end_kb: int = 0
     seconds: float = 0.0
@@ -266,7 +267,8 @@ class Chaos:
                         file=sys.stderr,
                     )
             self.report.resyncs += client.resyncs
-            self.report.events_delivered += len(client.ids)
+            self.report.events_delivered += client.events_received
+            self.report.ids_out_of_order += client.ids_out_of_order
 
     async def close(self) -> None:
         for client in self.clients:
@@ -330,7 +332,7 @@ def main() -> int:
         seed += 1
     totals.seconds = round(time.monotonic() - started, 1)
     print("TOTAL " + totals.line())
-    return 1 if totals.mismatches else 0
+    return 1 if totals.mismatches or totals.ids_out_of_order else 0
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class AuthConfig:
     cookie: str = "watchgw_token"
     """Cookie carrying the bearer token for ``EventSource``, which cannot set headers."""
     cache_ttl_s: float = 30.0
+    """Seconds an identity or an access decision is reused (0: ask the control plane every time)."""
     recheck_s: float = 60.0
 
 
@@ -233,7 +234,6 @@ def _validate(config: Config) -> None:
         "upstream.backoff_max_s": up.backoff_max_s,
         "upstream.connect_timeout_s": up.connect_timeout_s,
         "upstream.request_timeout_s": up.request_timeout_s,
-        "auth.cache_ttl_s": config.auth.cache_ttl_s,
         "auth.recheck_s": config.auth.recheck_s,
     }
     limits = config.limits
@@ -255,6 +255,8 @@ def _validate(config: Config) -> None:
     for name, number in positive.items():
         if number <= 0:
             raise ConfigError(f"{name} must be greater than 0, not {number!r}")
+    if config.auth.cache_ttl_s < 0:
+        raise ConfigError(f"auth.cache_ttl_s must be 0 (no caching) or more, not {config.auth.cache_ttl_s!r}")
     if limits.grace_period_s < 0:
         raise ConfigError(f"limits.grace_period_s must be 0 or more, not {limits.grace_period_s!r}")
     if not 0 <= config.server.port <= 65535:

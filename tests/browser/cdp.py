@@ -58,13 +58,24 @@ class Page:
         return result.get("result", {}).get("value")
 
     async def wait_for(self, expression: str, *, timeout: float = 10.0) -> Any:
-        """Poll a JavaScript expression until it is truthy (the page changes on its own schedule)."""
+        """Wait, in the page, until a JavaScript expression is truthy: re-checked on every DOM
+        change by a MutationObserver, so nothing polls."""
+        script = f"""new Promise((resolve) => {{
+            const check = () => {{
+                const v = ({expression});
+                if (v) {{ resolve(v); return true; }}
+                return false;
+            }};
+            if (check()) return;
+            const observer = new MutationObserver(() => {{ if (check()) observer.disconnect(); }});
+            const all = {{subtree: true, childList: true, characterData: true, attributes: true}};
+            observer.observe(document, all);
+        }})"""
         async with asyncio.timeout(timeout):
-            while True:
-                value = await self.evaluate(expression)
-                if value:
-                    return value
-                await asyncio.sleep(0.05)
+            result = await self.call(
+                "Runtime.evaluate", expression=script, awaitPromise=True, returnByValue=True
+            )
+        return result.get("result", {}).get("value")
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ def quiet_logs() -> Iterator[None]:
 async def test_every_client_converges_under_chaos(seed: int) -> None:
     report = await run_chaos(seed, clients=24, steps=250)
     assert report.mismatches == 0, report.line()
+    assert report.ids_out_of_order == 0, report.line()
     assert report.checked > 0
     assert report.faults > 0
     assert report.changes > 100

@@ -92,6 +92,7 @@ async def test_resource_version_too_old_gets_resync_and_snapshot(gateway_factory
     await returning.wait_synced(channel)
     kinds = [e.event for e in returning.events]
     assert kinds[:3] == ["connected", "subscribed", "resync"]
+    assert returning.ids == sorted(set(returning.ids)), "resync is made before the snapshot it precedes"
     assert set(returning.objects(channel)) == {f"default/o{rv}" for rv in range(11, 16)}
 
 

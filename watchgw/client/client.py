@@ -60,7 +60,7 @@ class WatchClient:
         self._own_session = session is None
         self.record = record
         self.events: list[SSEEvent] = []
-        """Every event received, when ``record`` is set (tests)."""
+        """Every event received, when ``record`` is set (tests); otherwise nothing accumulates."""
         self.state: dict[str, dict[str, dict[str, Any]]] = {}
         self.synced: set[str] = set()
         self.resource_versions: dict[str, str] = {}
@@ -70,8 +70,12 @@ class WatchClient:
         self.connected: dict[str, Any] | None = None
         self.last_event_id: str | None = None
         self.reconnect_requested = False
+        self.events_received = 0
+        self.ids_out_of_order = 0
+        """Event ids that did not increase (duplicates or reordering): 0 for a correct server."""
+        self._last_number = 0
         self.ids: list[int] = []
-        self._queue: asyncio.Queue[SSEEvent] = asyncio.Queue()
+        """Event ids in arrival order, when ``record`` is set."""
         self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
         self._response: aiohttp.ClientResponse | None = None
@@ -173,14 +177,19 @@ class WatchClient:
 
     def apply(self, event: SSEEvent) -> None:
         """Apply one event to the client's state (public so other transports can reuse it)."""
+        self.events_received += 1
         if event.id is not None:
             self.last_event_id = event.id
             if event.id.isdigit() and event.event != "connected":
                 # A resumed stream's ``connected`` repeats Last-Event-ID: a position, not an event.
-                self.ids.append(int(event.id))
+                number = int(event.id)
+                if number <= self._last_number:
+                    self.ids_out_of_order += 1
+                self._last_number = number
+                if self.record:
+                    self.ids.append(number)
         if self.record:
             self.events.append(event)
-        self._queue.put_nowait(event)
         data: dict[str, Any] = ujson.loads(event.data) if event.data else {}
         kind = event.event
         channel = data.get("channel", "")
@@ -216,14 +225,6 @@ class WatchClient:
             self.connected = data
         elif kind == "reconnect":
             self.reconnect_requested = True
-
-    async def next_event(self, kind: str | None = None, *, timeout: float = 5.0) -> SSEEvent:
-        """The next event (of ``kind``), skipping others."""
-        async with asyncio.timeout(timeout):
-            while True:
-                event = await self._queue.get()
-                if kind is None or event.event == kind:
-                    return event
 
     async def wait_for(self, predicate: Callable[[Self], bool], *, timeout: float = 5.0) -> None:
         """Wake on every batch of events until ``predicate(self)`` holds."""

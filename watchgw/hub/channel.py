@@ -238,10 +238,19 @@ class Channel:
         self.waiting.clear()
         log.info("channel.synced", channel=self.key, objects=len(self.upstream.objects), rv=self.rv)
 
-    def _snapshot_frames(self) -> list[Frame]:
+    def _snapshot_frames(self, *, resync: str | None = None) -> list[Frame]:
+        """``resync`` (when a reason is given), every object as ADDED, then ``synced``: frames
+        made in the order they are sent, so their ids increase."""
         frames = self._frames
         rv = self.rv
-        out = [
+        out = []
+        if resync is not None:
+            out.append(
+                frames.event(
+                    "resync", {"channel": self.key, "reason": resync}, channel=self.key, snapshot=True
+                )
+            )
+        out += [
             frames.watch(
                 channel_json=self.key_json,
                 channel=self.key,
@@ -290,11 +299,7 @@ class Channel:
                 )
                 session.push_many(catch_up)
             else:
-                frames = self._snapshot_frames()
-                if resource_version:
-                    reason = {"channel": self.key, "reason": "expired"}
-                    frames.insert(0, self._frames.event("resync", reason, channel=self.key, snapshot=True))
-                session.push_many(frames)
+                session.push_many(self._snapshot_frames(resync="expired" if resource_version else None))
         self.subscribers[session] = None
 
     def _catch_up(self, resource_version: str) -> list[Frame] | None:
@@ -334,11 +339,4 @@ class Channel:
             self.subscribers.pop(session, None)
             self.waiting[session] = True
             return
-        frames = self._snapshot_frames()
-        frames.insert(
-            0,
-            self._frames.event(
-                "resync", {"channel": self.key, "reason": "overflow"}, channel=self.key, snapshot=True
-            ),
-        )
-        session.push_many(frames)
+        session.push_many(self._snapshot_frames(resync="overflow"))

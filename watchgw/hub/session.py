@@ -111,11 +111,9 @@ class Session:
         self._on_expire: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ hot path
-    def push(self, frame: Frame) -> None:
-        """Deliver one frame (shared with other sessions; never modified)."""
-        if self._resync and frame.channel in self._resync:
-            return  # superseded by the snapshot this channel is waiting for
-        self.last_id = frame.id
+    def _writable(self) -> asyncio.WriteTransport | None:
+        """The transport, when a frame can go straight to it: nothing queued before it, the
+        socket keeping up (its buffer below ``WRITE_HIGH_WATER``), the connection open."""
         t = self.transport
         if (
             t is not None
@@ -123,47 +121,38 @@ class Session:
             and t.get_write_buffer_size() < WRITE_HIGH_WATER
             and not t.is_closing()
         ):
+            return t
+        return None
+
+    def push(self, frame: Frame) -> None:
+        """Deliver one frame (shared with other sessions; never modified)."""
+        if self._resync and frame.channel in self._resync:
+            return  # superseded by the snapshot this channel is waiting for
+        self.last_id = frame.id
+        t = self._writable()
+        if t is not None:
             t.write(frame.wire if self._chunked else frame.payload)
-            if frame.snapshot:
-                self._trimmed[frame.channel] = frame.id  # not kept: see _remember_written
-                return
-            sent = self._sent
-            if sent is None:
-                sent = self._sent = deque()
-            sent.append(frame)
-            self._sent_bytes += len(frame.wire)
-            if self._sent_bytes > self._limit:
-                self._trim_sent()
+            self._remember_written((frame,))
             return
         self._pending.append(frame)
         self._pending_bytes += len(frame.wire)
         if self._pending_bytes > self._budget:
             self._relieve()
-        if t is not None:
+        if self.transport is not None:
             self._wake()
 
     def push_batch(self, frames: list[Frame], wire: bytes) -> None:
         """Several frames of one channel, ``wire`` their joined bytes (shared): one write."""
         if self._resync and frames[0].channel in self._resync:
             return
-        t = self.transport
-        if (
-            t is not None
-            and not self._pending
-            and t.get_write_buffer_size() < WRITE_HIGH_WATER
-            and not t.is_closing()
-        ):
-            self.last_id = frames[-1].id
-            t.write(wire if self._chunked else b"".join([f.payload for f in frames]))
-            if self._sent is None:
-                self._sent = deque()
-            self._sent.extend(frames)
-            self._sent_bytes += len(wire)
-            if self._sent_bytes > self._limit:
-                self._trim_sent()
+        t = self._writable()
+        if t is None:
+            for frame in frames:
+                self.push(frame)
             return
-        for frame in frames:
-            self.push(frame)
+        self.last_id = frames[-1].id
+        t.write(wire if self._chunked else b"".join([f.payload for f in frames]))
+        self._remember_written(frames)
 
     def push_many(self, frames: Iterable[Frame]) -> None:
         """Queue a batch (a snapshot): it may exceed the buffer bound by its own size, once."""
@@ -180,16 +169,16 @@ class Session:
         not kept (memory per client would grow with the snapshot): a resume from before one
         gets a ``resync`` of that channel instead, as for frames trimmed from the history."""
         sent = self._sent
-        if sent is None:
-            sent = self._sent = deque()
         trimmed = self._trimmed
         size = 0
         for frame in frames:
             if frame.snapshot:
                 trimmed[frame.channel] = frame.id
-            else:
-                sent.append(frame)
-                size += len(frame.wire)
+                continue
+            if sent is None:
+                sent = self._sent = deque()
+            sent.append(frame)
+            size += len(frame.wire)
         self._sent_bytes += size
         if self._sent_bytes > self._limit:
             self._trim_sent()

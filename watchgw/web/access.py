@@ -108,7 +108,7 @@ class TTLCache(Generic[K, V]):
         if item is None:
             return None
         expires, value = item
-        if expires < self._clock():
+        if expires <= self._clock():
             del self._data[key]
             return None
         self._data.move_to_end(key)
@@ -153,12 +153,19 @@ class _SingleFlight(Generic[K, V]):
 class BearerAccess:
     """``mode = "bearer"``."""
 
-    def __init__(self, config: AuthConfig, reviews: Reviews, *, max_entries: int = 10000) -> None:
+    def __init__(
+        self,
+        config: AuthConfig,
+        reviews: Reviews,
+        *,
+        max_entries: int = 10000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._config = config
         self._reviews = reviews
-        self._identities: TTLCache[str, str] = TTLCache(max_entries=max_entries)
-        self._rejected: TTLCache[str, bool] = TTLCache(max_entries=max_entries)
-        self._decisions: TTLCache[tuple[str, str], bool] = TTLCache(max_entries=max_entries * 4)
+        self._identities: TTLCache[str, str] = TTLCache(max_entries=max_entries, clock=clock)
+        self._rejected: TTLCache[str, bool] = TTLCache(max_entries=max_entries, clock=clock)
+        self._decisions: TTLCache[tuple[str, str], bool] = TTLCache(max_entries=max_entries * 4, clock=clock)
         self._who: _SingleFlight[str, str] = _SingleFlight()
         self._may: _SingleFlight[tuple[str, str], bool] = _SingleFlight()
 
