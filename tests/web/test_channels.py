@@ -235,3 +235,37 @@ async def test_reconnect_without_last_event_id_starts_over(gateway: Gateway) -> 
     connected = await client.connect()
     assert connected["resumed"] is False
     assert channel not in gateway.hub.sessions[client.client_id].channels
+
+
+async def test_a_snapshot_never_read_is_not_resumed_from(gateway: Gateway) -> None:
+    """A client that re-subscribed but never read the snapshot must not later claim the
+    version it had before: it would catch up from a state it does not hold."""
+    client = await gateway.client()
+    channel = await client.subscribe(**SECRETS)
+    upstream = gateway.upstreams.for_key(channel)
+    upstream.listed(make_object("a", rv=5), rv=5)
+    await client.wait_synced(channel)
+    assert client.resource_versions[channel] == "5"
+    await client.unsubscribe(channel)
+    client.pause_reading()
+    await client.subscribe(**SECRETS)  # its snapshot is never read
+    upstream.emit("ADDED", make_object("b", rv=6))
+    await client.disconnect()
+    client.resume_reading()
+    hub = gateway.hub
+    await hub.wait_for(lambda: client.client_id not in hub.sessions)  # too late to resume
+    connected = await client.reconnect()
+    assert connected["resumed"] is False
+    await client.wait_for(
+        lambda c: channel in c.synced and set(c.objects(channel)) == {"default/a", "default/b"}
+    )
+
+
+async def test_subscribing_twice_keeps_the_state(gateway: Gateway) -> None:
+    client = await gateway.client()
+    channel = await client.subscribe(**SECRETS)
+    gateway.upstreams.for_key(channel).listed(make_object("a"), rv=1)
+    await client.wait_synced(channel)
+    await client.subscribe(**SECRETS)
+    assert set(client.objects(channel)) == {"default/a"}
+    assert channel in client.synced

@@ -201,7 +201,10 @@ class WatchClient:
                 objects[object_key(obj)] = obj
             elif kind_of_change == "DELETED":
                 objects.pop(object_key(obj), None)
-            self.resource_versions[channel] = data.get("resourceVersion", "")
+            if channel in self.synced:
+                # Only a complete state has a version to resume from: during a snapshot, the
+                # objects not yet received are not part of "what we hold at this version".
+                self.resource_versions[channel] = data.get("resourceVersion", "")
         elif kind == "synced":
             self.synced.add(channel)
             self.state.setdefault(channel, {})
@@ -210,6 +213,7 @@ class WatchClient:
             self.resyncs += 1
             self.state[channel] = {}
             self.synced.discard(channel)
+            self.resource_versions.pop(channel, None)
         elif kind == "subscribed":
             self.state.setdefault(channel, {})
             self.unsubscribed.pop(channel, None)
@@ -245,8 +249,12 @@ class WatchClient:
         channel_fields = {k: v for k, v in fields.items() if k not in ("resourceVersion", "snapshot")}
         if not fields.get("resourceVersion"):
             with contextlib.suppress(InvalidField):
-                # Cleared before the request: the snapshot's frames may arrive before its answer.
-                self.state[channel_key(target_from_fields(channel_fields))] = {}
+                key = channel_key(target_from_fields(channel_fields))
+                if key not in self.subscriptions:  # held already: the server sends nothing new
+                    # Cleared before the request: the snapshot may arrive before its answer.
+                    self.state[key] = {}
+                    self.synced.discard(key)
+                    self.resource_versions.pop(key, None)
         async with self.session.post(self._url("subscribe"), json=body, headers=self.headers) as response:
             if response.status != 200:
                 raise await _error_of(response)

@@ -69,7 +69,8 @@
         if (!ch) return;
         if (d.type === "ADDED" || d.type === "MODIFIED") ch.objects.set(objectKey(d.object), d.object);
         else if (d.type === "DELETED") ch.objects.delete(objectKey(d.object));
-        ch.rv = d.resourceVersion;
+        // Only a complete state (after "synced") has a version to resume from.
+        if (ch.synced) ch.rv = d.resourceVersion;
         if (ch.synced && d.type !== "BOOKMARK") this._emit(ch, d);
       });
       on("synced", (d) => {
@@ -84,6 +85,7 @@
         if (!ch) return;
         ch.objects.clear();
         ch.synced = false;
+        ch.rv = "";
       });
       on("watch-error", (d) => {
         const ch = this.channels.get(d.channel);
@@ -111,7 +113,11 @@
     async _subscribe(key, ch, resume) {
       const body = Object.assign({ clientId: this.clientId }, ch.fields);
       if (resume && ch.rv) body.resourceVersion = ch.rv;
-      else ch.objects.clear();
+      else {
+        ch.objects.clear();
+        ch.rv = "";
+      }
+      ch.synced = false;
       const res = await fetch(this._url("subscribe"), {
         method: "POST",
         credentials: "include",
