@@ -11,12 +11,28 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from watchgw.client.client import WatchClient
 from watchgw.sim import running_simulator
+
+
+async def next_log_event(
+    proc: asyncio.subprocess.Process, event: str, *, timeout: float = 30
+) -> dict[str, Any]:
+    """Read the process's JSON log lines until ``event``; fails if it exits first."""
+    assert proc.stderr is not None
+    async with asyncio.timeout(timeout):
+        while True:
+            line = await proc.stderr.readline()
+            assert line, f"the process exited before {event}"
+            if line.startswith(b"{"):
+                record: dict[str, Any] = json.loads(line)
+                if record["event"] == event:
+                    return record
 
 
 @contextlib.asynccontextmanager
@@ -35,16 +51,8 @@ async def serving(config_text: str, tmp_path: Path) -> AsyncIterator[tuple[async
         env={**os.environ, "WATCHGW_UPSTREAM_TOKEN": "tok-never-logged-123"},
     )
     try:
-        assert proc.stderr is not None
-        url = ""
-        async with asyncio.timeout(30):
-            while not url:
-                line = await proc.stderr.readline()
-                assert line, "the server exited before listening"
-                record = json.loads(line)
-                if record["event"] == "server.listening":
-                    url = record["url"]
-        yield proc, url
+        record = await next_log_event(proc, "server.listening")
+        yield proc, record["url"]
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -98,23 +106,11 @@ async def test_sighup_reloads_log_settings(tmp_path: Path) -> None:
         path = tmp_path / "watchgw.toml"
         path.write_text(path.read_text().replace('format = "json"', 'format = "json"\nlevel = "debug"'))
         proc.send_signal(signal.SIGHUP)
-        assert proc.stderr is not None
-        async with asyncio.timeout(10):
-            while True:
-                line = await proc.stderr.readline()
-                assert line, "the server exited"
-                if json.loads(line)["event"] == "config.reloaded":
-                    break
+        await next_log_event(proc, "config.reloaded", timeout=10)
         path.write_text("[upstream\nbroken")
         proc.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(10):
-            while True:
-                line = await proc.stderr.readline()
-                assert line, "a bad file must not stop the server"
-                record = json.loads(line)
-                if record["event"] == "config.reload_failed":
-                    assert "not valid TOML" in record["error"]
-                    break
+        record = await next_log_event(proc, "config.reload_failed", timeout=10)
+        assert "not valid TOML" in record["error"]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
 
@@ -132,14 +128,7 @@ async def test_sim_command_serves_the_watch_protocol_and_stops_on_sigterm() -> N
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        assert proc.stderr is not None
-        url = ""
-        async with asyncio.timeout(30):
-            while not url:
-                line = await proc.stderr.readline()
-                assert line, "the simulator exited before listening"
-                if line.startswith(b"{") and json.loads(line)["event"] == "sim.listening":
-                    url = json.loads(line)["url"]
+        url = (await next_log_event(proc, "sim.listening"))["url"]
         project = "/apis/resourcemanager.miloapis.com/v1alpha1/projects/proj-abc/control-plane"
         path = project + "/api/v1/namespaces/default/secrets"
         async with aiohttp.ClientSession() as http, http.get(url + path) as response:

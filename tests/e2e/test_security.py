@@ -249,7 +249,10 @@ async def test_token_file_rotation_mid_stream(secure_factory: Callable[..., Any]
     await alice.wait_for(lambda c: "default/after-rotation" in c.objects(channel), timeout=10)
 
 
-async def test_subscriber_credential_moves_to_another_subscriber(secure_factory: Callable[..., Any]) -> None:
+async def two_subscribers(
+    secure_factory: Callable[..., Any],
+) -> tuple[Secure, WatchClient, WatchClient, str]:
+    """``credential = "subscriber"``: alice opens the channel (her token opens the watch), bob joins."""
     secure: Secure = await secure_factory(lambda url: bearer_config(url, credential="subscriber"))
     secure.rules.allow("alice", resource="secrets")
     secure.rules.allow("bob", resource="secrets")
@@ -259,6 +262,11 @@ async def test_subscriber_credential_moves_to_another_subscriber(secure_factory:
     await alice.wait_synced(channel)
     await bob.subscribe(resourceType=SECRETS, namespace="default")
     await bob.wait_synced(channel)
+    return secure, alice, bob, channel
+
+
+async def test_subscriber_credential_moves_to_another_subscriber(secure_factory: Callable[..., Any]) -> None:
+    secure, _alice, bob, channel = await two_subscribers(secure_factory)
     # Alice's token is rejected by the control plane from now on (expired).
     secure.sim.tokens = {k: v for k, v in TOKENS.items() if v != "alice"}
     secure.sim.cut_watches()
@@ -267,14 +275,7 @@ async def test_subscriber_credential_moves_to_another_subscriber(secure_factory:
 
 
 async def test_subscriber_credential_leaves_with_its_subscriber(secure_factory: Callable[..., Any]) -> None:
-    secure: Secure = await secure_factory(lambda url: bearer_config(url, credential="subscriber"))
-    secure.rules.allow("alice", resource="secrets")
-    secure.rules.allow("bob", resource="secrets")
-    alice = await secure.client(ALICE)
-    bob = await secure.client(BOB)
-    channel = await alice.subscribe(resourceType=SECRETS, namespace="default")
-    await alice.wait_synced(channel)
-    await bob.subscribe(resourceType=SECRETS, namespace="default")
+    secure, alice, bob, channel = await two_subscribers(secure_factory)
     watches = secure.sim.watch_requests
     await alice.unsubscribe(channel)
     # The watch is reopened with bob's token, from the resourceVersion it had (no LIST).

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.conftest import make_config
 from tests.fakes import FakeUpstreams, make_object
 from tests.web.conftest import Gateway
+from watchgw.web import routes
 from watchgw.web.app import make_app
 from watchgw.web.keys import HUB
 from watchgw.web.server import running_app
@@ -215,22 +216,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-field_names = st.sampled_from(
-    [
-        "clientId",
-        "resourceType",
-        "orgId",
-        "projectId",
-        "namespace",
-        "name",
-        "labelSelector",
-        "fieldSelector",
-        "resourceVersion",
-        "snapshot",
-        "channel",
-        "extra",
-    ]
-)
+field_names = st.sampled_from(sorted(routes._SUBSCRIBE_FIELDS | routes._UNSUBSCRIBE_FIELDS | {"extra"}))
 plausible = st.sampled_from(
     ["fuzz-client-1", "api/v1/secrets", "apis/a.b/v1/things", "default", "proj-abc", "", "a=b", "x:y%"]
 )
