@@ -11,6 +11,7 @@ import pytest
 import ujson
 from aioresponses import aioresponses
 
+from tests.kube.fakeapi import status
 from watchgw.config import UpstreamConfig
 from watchgw.kube import errors as e
 from watchgw.kube.client import KubeClient
@@ -20,17 +21,6 @@ URL = "http://kube.test"
 PODS = re.compile(r"^http://kube\.test/api/v1/namespaces/default/pods(\?.*)?$")
 TARGET = WatchTarget("api/v1/pods", namespace="default")
 CONFIG = UpstreamConfig(url=URL, token="secret-token", list_page_size=2)
-
-
-def status(code: int, reason: str, message: str) -> dict[str, object]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "status": "Failure",
-        "code": code,
-        "reason": reason,
-        "message": message,
-    }
 
 
 @pytest.fixture
