@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,6 +41,3 @@ def fake_upstreams() -> FakeUpstreams:
 @pytest.fixture
 def config() -> Config:
     return make_config(limits={"grace_period_s": 0.2, "session_ttl_s": 0.5})
-
-
-__all__ = ["dataclasses", "make_config"]

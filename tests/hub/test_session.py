@@ -196,7 +196,8 @@ async def test_a_batch_is_one_write_of_shared_bytes() -> None:
     session.push_batch(frames, wire)
     assert len(transport.written) == 1
     assert transport.written[0] == wire
-    assert session.last_id == frames[-1].id
+    assert session._sent is not None
+    assert [f.id for f in session._sent] == [f.id for f in frames], "all kept for replay, in order"
 
 
 async def test_snapshot_frames_are_not_kept_for_replay() -> None:

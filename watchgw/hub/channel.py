@@ -170,9 +170,6 @@ class Channel:
                 session.push_batch(frames, wire)
         self.deliveries += len(subscribers) * len(frames)
 
-    def on_event(self, event: WatchEvent) -> None:
-        self.on_events([event])
-
     def _advance(self, resource_version: str) -> str:
         """The channel's version after an event: never older than the one before.
 

@@ -68,10 +68,6 @@ class FrameFactory:
     def __init__(self, start_id: int | None = None) -> None:
         self._last_id = start_id if start_id is not None else time.time_ns() // 1000
 
-    @property
-    def last_id(self) -> int:
-        return self._last_id
-
     def _frame(
         self, event: bytes, data: bytes, channel: str, key: ObjectKey | None, snapshot: bool = False
     ) -> Frame:

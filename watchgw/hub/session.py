@@ -66,7 +66,6 @@ class Session:
         "closing",
         "coalesced",
         "identity",
-        "last_id",
         "resyncs",
         "stream_generation",
         "token",
@@ -88,8 +87,6 @@ class Session:
         self.channels: dict[str, Channel] = {}
         self.transport: asyncio.WriteTransport | None = None
         self.stream_generation = 0
-        self.last_id = 0
-        """Id of the newest frame queued or written for this session."""
         self.coalesced = 0
         self.resyncs = 0
         self.closing = False
@@ -128,7 +125,6 @@ class Session:
         """Deliver one frame (shared with other sessions; never modified)."""
         if self._resync and frame.channel in self._resync:
             return  # superseded by the snapshot this channel is waiting for
-        self.last_id = frame.id
         t = self._writable()
         if t is not None:
             t.write(frame.wire if self._chunked else frame.payload)
@@ -150,14 +146,12 @@ class Session:
             for frame in frames:
                 self.push(frame)
             return
-        self.last_id = frames[-1].id
         t.write(wire if self._chunked else b"".join([f.payload for f in frames]))
         self._remember_written(frames)
 
     def push_many(self, frames: Iterable[Frame]) -> None:
         """Queue a batch (a snapshot): it may exceed the buffer bound by its own size, once."""
         for frame in frames:
-            self.last_id = frame.id
             self._pending.append(frame)
             self._pending_bytes += len(frame.wire)
         self._budget = max(self._budget, self._pending_bytes + self._limit)
