@@ -102,6 +102,9 @@ class _Counter:
         if self.count >= self.target and not self.done.done():
             self.done.set_result(None)
 
+    def on_relist(self, events: list[Any], resource_version: str) -> None:
+        self.on_events(events)
+
     def on_state(self, state: Any) -> None:
         pass
 

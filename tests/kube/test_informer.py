@@ -37,6 +37,9 @@ class Recorder:
         self.events.extend(events)
         self.changed.set()
 
+    def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
+        self.on_events(events)
+
     def on_state(self, state: InformerState) -> None:
         self.states.append(state)
         self.changed.set()

@@ -170,6 +170,9 @@ class Channel:
                 session.push_batch(frames, wire)
         self.deliveries += len(subscribers) * len(frames)
 
+    def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
+        self.on_events(events)
+
     def _advance(self, resource_version: str) -> str:
         """The channel's version after an event: never older than the one before.
 

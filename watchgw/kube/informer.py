@@ -257,7 +257,7 @@ class Informer:
             duration_s=round(self._now() - started, 3),
         )
         if events:
-            self._listener.on_events(events)
+            self._listener.on_relist(events, result.resource_version)
         self._watching()
 
     # -- one watch request -----------------------------------------------------------------------

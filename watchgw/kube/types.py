@@ -90,5 +90,11 @@ class InformerListener(Protocol):
         informer's cache already reflects the whole batch when this is called; each event
         carries its own ``resource_version``."""
 
+    def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
+        """The difference of a (re)LIST against what was held, in order, and the LIST's
+        ``resource_version``. The objects are consistent only once the whole batch is applied
+        (the events' own versions are older than the LIST's and may repeat), so a consumer that
+        labels positions must not treat an event inside the batch as a consistent state."""
+
     def on_state(self, state: InformerState) -> None:
         """The informer's phase changed (``WATCHING`` is also reported after every relist)."""
