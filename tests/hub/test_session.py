@@ -7,7 +7,7 @@ from typing import Any
 
 from watchgw.hub.frames import Frame, FrameFactory
 from watchgw.hub.session import WRITE_HIGH_WATER, Session
-from watchgw.kube.types import ObjectKey
+from watchgw.kube.types import ObjectKey, WatchTarget
 
 
 class FakeTransport(asyncio.WriteTransport):
@@ -35,7 +35,22 @@ class FakeTransport(asyncio.WriteTransport):
 
 
 class FakeChannel:
-    """Stands in for hub.channel.Channel in ``session.channels`` (only membership matters)."""
+    """Stands in for hub.channel.Channel in ``session.channels``: membership, and the resnapshot
+    it is asked for (a ``resync`` frame, as the channel would start one)."""
+
+    def __init__(self, key: str, resnapshots: Resnapshots) -> None:
+        self.key = key
+        self.target = WatchTarget("api/v1/secrets")
+        self._resnapshots = resnapshots
+
+    def resnapshot(self, session: Session) -> None:
+        self._resnapshots.append(self.key)
+        self._resnapshots.happened.set()
+        session.push(FRAMES.event("resync", {"channel": self.key, "reason": "overflow"}, channel=self.key))
+
+    def leave(self, session: Session, reason: str) -> bool:
+        session.left(self.key, reason)
+        return True
 
 
 FRAMES = FrameFactory(start_id=100)
@@ -62,16 +77,30 @@ class Resnapshots(list[str]):
 
 def make_session(buffer_bytes: int = 10_000) -> tuple[Session, Resnapshots]:
     resnapshots = Resnapshots()
-
-    def resnapshot(session: Session, channel: str) -> None:
-        resnapshots.append(channel)
-        resnapshots.happened.set()
-        session.push(FRAMES.event("resync", {"channel": channel, "reason": "overflow"}, channel=channel))
-
-    session = Session(client_id="c1", identity="anonymous", buffer_bytes=buffer_bytes, resnapshot=resnapshot)
-    session.channels["a"] = FakeChannel()  # type: ignore[assignment]
-    session.channels["b"] = FakeChannel()  # type: ignore[assignment]
+    session = Session(client_id="c1", identity="anonymous", buffer_bytes=buffer_bytes)
+    session.joined(FakeChannel("a", resnapshots))
+    session.joined(FakeChannel("b", resnapshots))
     return session, resnapshots
+
+
+def queued(session: Session) -> list[Frame]:
+    """The frames waiting for the socket, in order (without taking them)."""
+    outbox = session._outbox
+    if outbox is None:
+        return []
+    frames = outbox.take()
+    for frame in frames:
+        outbox.append(frame)
+    return frames
+
+
+def replayable(session: Session) -> list[Frame]:
+    return list(session._log._frames) if session._log is not None else []
+
+
+def attach(session: Session, transport: FakeTransport, last_event_id: int | None = None) -> int:
+    generation, _ended = session.attach(transport, chunked=True, last_event_id=last_event_id)
+    return generation
 
 
 def text(transport: FakeTransport) -> bytes:
@@ -81,7 +110,7 @@ def text(transport: FakeTransport) -> bytes:
 async def test_keeping_up_writes_straight_to_the_transport() -> None:
     session, _ = make_session()
     transport = FakeTransport()
-    session.attach(transport, chunked=True, last_event_id=None)
+    attach(session, transport)
     frame = watch_frame("a", "x")
     session.push(frame)
     assert transport.written == [frame.wire]
@@ -92,33 +121,65 @@ async def test_behind_queues_then_coalesces_the_same_object() -> None:
     session, _ = make_session(buffer_bytes=2_000)
     transport = FakeTransport()
     transport.buffered = WRITE_HIGH_WATER  # the socket is not draining
-    session.attach(transport, chunked=True, last_event_id=None)
+    attach(session, transport)
     for version in range(40):
         session.push(watch_frame("a", "same", size=10 + version))
     assert transport.written == []
-    assert session.pending_bytes <= 2_000
-    assert session.coalesced > 0
-    pending = list(session._pending)
-    # Coalescing runs when the budget is exceeded, so only the updates since then remain.
-    assert len([f for f in pending if f.key == "default/same"]) < 10
+    assert session.coalesced == 39
+    pending = queued(session)
+    assert [f.key for f in pending] == ["default/same"], "one frame per object while queued"
     assert session._resync == {}, "coalescing was enough: no resync"
     assert b'"pad":"' + b"x" * 49 + b'"' in pending[-1].wire, "the latest state wins"
+
+
+class CountingFrame(Frame):
+    """A frame that counts how often its object key is looked at (the work of coalescing)."""
+
+    __slots__ = ("_key",)
+    looks = 0
+
+    @property  # type: ignore[override]
+    def key(self) -> ObjectKey | None:
+        CountingFrame.looks += 1
+        return self._key
+
+    @key.setter
+    def key(self, value: ObjectKey | None) -> None:
+        self._key = value
+
+
+async def test_coalescing_costs_constant_work_per_event_at_the_bound() -> None:
+    """A queue held just under its bound used to be rescanned for every event (about 100x the
+    CPU of a keeping-up client): coalescing must look at a constant number of frames per push."""
+    objects = 100
+    session, _ = make_session(buffer_bytes=objects * 240)
+    transport = FakeTransport()
+    transport.buffered = WRITE_HIGH_WATER
+    attach(session, transport)
+    CountingFrame.looks = 0
+    pushes = 5_000
+    for i in range(pushes):
+        frame = watch_frame("a", f"obj-{i % objects}")
+        session.push(CountingFrame(frame.id, frame.wire, frame.channel, frame.key))
+    assert len(queued(session)) == objects, "the queue stays at its bound: one frame per object"
+    assert session._resync == {}
+    assert CountingFrame.looks <= 4 * pushes, f"{CountingFrame.looks} key lookups for {pushes} pushes"
 
 
 async def test_overflow_of_distinct_objects_marks_resync_and_drops_that_channel() -> None:
     session, resnapshots = make_session(buffer_bytes=3_000)
     transport = FakeTransport()
     transport.buffered = WRITE_HIGH_WATER
-    session.attach(transport, chunked=True, last_event_id=None)
+    attach(session, transport)
     session.push(watch_frame("b", "only-b"))
     for i in range(60):
         session.push(watch_frame("a", f"obj-{i}"))
     assert "a" in session._resync
-    assert all(f.channel != "a" for f in session._pending)
+    assert all(f.channel != "a" for f in queued(session))
     assert session.pending_bytes <= 3_000
     # Frames of a channel waiting for its snapshot are not queued again.
     session.push(watch_frame("a", "late"))
-    assert all(f.channel != "a" for f in session._pending)
+    assert all(f.channel != "a" for f in queued(session))
 
     # The client drains: pending is written in one write, then the resync snapshot follows.
     drained = asyncio.Event()
@@ -143,7 +204,7 @@ async def test_overflow_of_distinct_objects_marks_resync_and_drops_that_channel(
 async def test_stalled_client_is_aborted_after_the_timeout() -> None:
     session, _ = make_session()
     transport = FakeTransport()
-    generation = session.attach(transport, chunked=True, last_event_id=None)
+    generation = attach(session, transport)
     transport.buffered = WRITE_HIGH_WATER
     session.push(watch_frame("a", "x"))
 
@@ -157,7 +218,7 @@ async def test_stalled_client_is_aborted_after_the_timeout() -> None:
 async def test_replay_after_last_event_id() -> None:
     session, _ = make_session(buffer_bytes=100_000)
     first = FakeTransport()
-    generation = session.attach(first, chunked=True, last_event_id=None)
+    generation = attach(session, first)
     frames = [watch_frame("a", f"o{i}") for i in range(5)]
     for frame in frames:
         session.push(frame)
@@ -166,15 +227,15 @@ async def test_replay_after_last_event_id() -> None:
     session.push(missed)  # queued: no stream
 
     second = FakeTransport()
-    session.attach(second, chunked=True, last_event_id=frames[2].id)
-    wires = list(session._pending)
+    attach(session, second, frames[2].id)
+    wires = queued(session)
     assert [f.id for f in wires] == [frames[3].id, frames[4].id, missed.id]
 
 
 async def test_replay_beyond_trimmed_history_resyncs_only_that_channel() -> None:
     session, _ = make_session(buffer_bytes=1_500)
     transport = FakeTransport()
-    generation = session.attach(transport, chunked=True, last_event_id=None)
+    generation = attach(session, transport)
     start = watch_frame("b", "b-old")
     session.push(start)
     for i in range(30):
@@ -182,28 +243,27 @@ async def test_replay_beyond_trimmed_history_resyncs_only_that_channel() -> None
     last_b = watch_frame("b", "b-new")
     session.push(last_b)
     session.detach(generation)
-    session.attach(FakeTransport(), chunked=True, last_event_id=start.id)
+    attach(session, FakeTransport(), start.id)
     assert "a" in session._resync or "b" in session._resync
-    assert all(f.channel not in session._resync for f in session._pending)
+    assert all(f.channel not in session._resync for f in queued(session))
 
 
 async def test_a_batch_is_one_write_of_shared_bytes() -> None:
     session, _ = make_session(buffer_bytes=100_000)
     transport = FakeTransport()
-    session.attach(transport, chunked=True, last_event_id=None)
+    attach(session, transport)
     frames = [watch_frame("a", f"o{i}") for i in range(20)]
     wire = b"".join(f.wire for f in frames)
     session.push_batch(frames, wire)
     assert len(transport.written) == 1
     assert transport.written[0] == wire
-    assert session._sent is not None
-    assert [f.id for f in session._sent] == [f.id for f in frames], "all kept for replay, in order"
+    assert [f.id for f in replayable(session)] == [f.id for f in frames], "all kept for replay, in order"
 
 
 async def test_snapshot_frames_are_not_kept_for_replay() -> None:
     session, _ = make_session(buffer_bytes=100_000)
     transport = FakeTransport()
-    generation = session.attach(transport, chunked=True, last_event_id=None)
+    generation = attach(session, transport)
     snapshot = [
         FRAMES.watch(
             channel_json=b'"a"',
@@ -225,9 +285,9 @@ async def test_snapshot_frames_are_not_kept_for_replay() -> None:
     async with asyncio.timeout(5):
         await transport.wrote.wait()
     assert b"".join(transport.written) == b"".join(f.wire for f in snapshot)
-    assert not session._sent, "per-client snapshot frames do not stay in memory"
+    assert not replayable(session), "per-client snapshot frames do not stay in memory"
     session.detach(generation)
     await pump
     # A resume from the middle of the snapshot cannot replay it: the channel is resynced.
-    session.attach(FakeTransport(), chunked=True, last_event_id=snapshot[4].id)
+    attach(session, FakeTransport(), snapshot[4].id)
     assert "a" in session._resync

@@ -4,9 +4,25 @@ The channel is the informer's listener. Each upstream event becomes one frame, b
 pushed to every live subscriber; the frame also goes into a bounded history so a subscriber that
 arrives with a ``resourceVersion`` can catch up without a snapshot.
 
-``resourceVersion`` on the frames of a channel is the channel's version after that event: it never
-goes backwards (a relist's DELETED events carry the object's last known version, which is older),
-so a client can hand the last one it saw back to ``subscribe`` and get exactly what it missed.
+Positions. The ``resourceVersion`` on a channel's frames is a position a client can hand back to
+``subscribe`` (here or on another replica watching the same control plane) and converge exactly.
+A label ``V`` promises: the client's objects are the control plane's at ``V``, except objects that
+changed after ``V`` (whose changes a catch-up from ``V`` sends again). So:
+
+- a watch event or a bookmark is labelled with its own version (never lower than the label before);
+- a relist's difference is several events of which only the last leaves a consistent state: the
+  events before it are labelled with the version before the relist, the last with the LIST's;
+- snapshot frames carry an empty version: the state is complete only at the ``synced`` after them.
+
+A catch-up from ``V`` replays every frame whose group ends at or after ``V`` (the group of a
+watch event is itself; of a relist event, the whole relist). Replaying from the first event at
+``V`` rather than after it is what makes several events sharing a version safe, whatever shares it:
+events carry whole objects, so applying one again changes nothing.
+
+A position strictly inside one of this channel's relists (``P < V < L``, which only a client of
+another replica can hold) cannot be caught up: the relist's difference does not show objects that
+were created and deleted between ``P`` and ``L``, and the client may hold one. Such a client gets
+``resync`` + snapshot, as does one whose position is older than the history.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from typing import Protocol
 
 import structlog
 
+from watchgw.hub.credential import SubscriberCredential
 from watchgw.hub.frames import Frame, FrameFactory, dumps
 from watchgw.hub.session import Session
 from watchgw.kube.types import (
@@ -76,18 +93,21 @@ class Channel:
         self.phase = InformerPhase.LISTING
         self.error_frame: Frame | None = None
         self.history: deque[tuple[int, Frame]] = deque()
+        """(position at the end of the frame's group, frame), oldest first."""
         self.history_limit = history_limit
-        self.history_floor = -1
-        """Every event after this version is in ``history`` (-1: nothing can be caught up)."""
+        self.complete_from: int | None = None
+        """``history`` holds every frame whose group ends at or after this (None: nothing yet)."""
+        self.relists: deque[tuple[int, int]] = deque()
+        """(start, end) positions of the relists that ``history`` covers, oldest first."""
         self.rv = ""
+        """The latest consistent position (a resourceVersion), as sent in ``synced``."""
         self._rv_int = 0
         self.task: asyncio.Task[None] | None = None
         self.grace_handle: asyncio.TimerHandle | None = None
         self.events = 0
         self.deliveries = 0
         self.upstream_restarts = 0
-        self._token_owner: Session | None = None
-        self._rejected_tokens: set[str] = set()
+        self._credential = SubscriberCredential()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -101,34 +121,39 @@ class Channel:
         """The informer died of a bug: start a fresh one; subscribers get ``resync`` + snapshot."""
         self.upstream_restarts += 1
         for session in list(self.subscribers):
-            session.push(
-                self._frames.event(
-                    "resync", {"channel": self.key, "reason": "restart"}, channel=self.key, snapshot=True
-                )
-            )
+            session.push(self._control("resync", reason="restart"))
             self.waiting[session] = True
         self.subscribers.clear()
         self.synced = False
         self.history.clear()
-        self.history_floor = -1
+        self.relists.clear()
+        self.complete_from = None
         self.upstream = self._upstream_factory(self.target, self)
         self.start()
 
-    # ------------------------------------------------------------------ credential = "subscriber"
     def subscriber_token(self) -> str | None:
-        """The upstream credential in ``subscriber`` mode: an authorized subscriber's own token.
+        """The upstream credential in ``credential = "subscriber"`` mode (see hub/credential.py)."""
+        return self._credential.pick((*self.subscribers, *self.waiting))
 
-        Every subscriber was authorized (and is re-checked) with its own token, so any of them
-        may be used; one the control plane rejected (401) is skipped until its owner leaves.
-        """
-        present = {s.token for s in (*self.subscribers, *self.waiting) if s.token}
-        self._rejected_tokens &= present
-        for session in (*self.subscribers, *self.waiting):
-            if session.token and session.token not in self._rejected_tokens:
-                self._token_owner = session
-                return session.token
-        self._token_owner = None
-        return None
+    # ------------------------------------------------------------------ positions
+    def _advance(self, resource_version: str) -> int:
+        """Move the channel's position to ``resource_version`` (never backwards); returns it."""
+        if resource_version.isdigit() and resource_version.isascii():
+            value = int(resource_version)
+            if value > self._rv_int or not self.rv:
+                self._rv_int = max(value, self._rv_int)
+                self.rv = str(self._rv_int)
+        return self._rv_int
+
+    def _frame_of(self, event: WatchEvent, label: str) -> Frame:
+        return self._frames.watch(
+            channel_json=self.key_json,
+            channel=self.key,
+            type=event.type,
+            key=event.key if event.type != "BOOKMARK" else None,
+            object_json=event.object_json,
+            resource_version=label,
+        )
 
     # ------------------------------------------------------------------ informer listener
     def on_events(self, events: list[WatchEvent]) -> None:
@@ -140,23 +165,43 @@ class Channel:
             for event in events:
                 advance(event.resource_version)
             return
-        watch = self._frames.watch
-        history = self.history
         frames: list[Frame] = []
+        history = self.history
         for event in events:
-            rv = advance(event.resource_version)
-            frame = watch(
-                channel_json=self.key_json,
-                channel=self.key,
-                type=event.type,
-                key=event.key if event.type != "BOOKMARK" else None,
-                object_json=event.object_json,
-                resource_version=rv,
-            )
+            end = advance(event.resource_version)
+            frame = self._frame_of(event, self.rv)
             frames.append(frame)
-            history.append((self._rv_int, frame))
+            history.append((end, frame))
+        self._fan_out(frames)
+
+    def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
+        """A relist's difference: consistent only once every event of it is applied."""
+        self.events += len(events)
+        if not self.synced:
+            self._advance(resource_version)
+            return
+        before = self.rv
+        start = self._rv_int
+        end = self._advance(resource_version)
+        if end > start:
+            self.relists.append((start, end))
+        if not events:
+            return
+        frames = [self._frame_of(event, before) for event in events[:-1]]
+        frames.append(self._frame_of(events[-1], self.rv))
+        self.history.extend((end, frame) for frame in frames)
+        self._fan_out(frames)
+
+    def _fan_out(self, frames: list[Frame]) -> None:
+        history = self.history
         while len(history) > self.history_limit:
-            self.history_floor = history.popleft()[0]
+            trimmed_end = history.popleft()[0]
+            # A client at ``trimmed_end`` may lack that frame: catch-ups start above it now.
+            if self.complete_from is not None:
+                self.complete_from = max(self.complete_from, trimmed_end + 1)
+                relists = self.relists
+                while relists and relists[0][1] < self.complete_from:
+                    relists.popleft()
         subscribers = self.subscribers
         if not subscribers:
             return
@@ -170,23 +215,6 @@ class Channel:
                 session.push_batch(frames, wire)
         self.deliveries += len(subscribers) * len(frames)
 
-    def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
-        self.on_events(events)
-
-    def _advance(self, resource_version: str) -> str:
-        """The channel's version after an event: never older than the one before.
-
-        A relist's DELETED events carry the LIST's resourceVersion (the object's own is older),
-        so every frame's version is one a client can hand back to ``subscribe`` to catch up."""
-        if resource_version.isdigit():
-            value = int(resource_version)
-            if value > self._rv_int or not self.rv:
-                self._rv_int = max(value, self._rv_int)
-                self.rv = str(self._rv_int)
-        elif not self.rv:
-            self.rv = resource_version
-        return self.rv
-
     def on_state(self, state: InformerState) -> None:
         self.phase = state.phase
         if state.phase is InformerPhase.WATCHING:
@@ -196,9 +224,8 @@ class Channel:
             if not self.synced:
                 self._first_sync()
         elif state.phase is InformerPhase.DEGRADED:
-            owner = self._token_owner
-            if state.error_code == 401 and owner is not None and owner.token:
-                self._rejected_tokens.add(owner.token)  # the next attempt uses someone else's
+            if state.error_code == 401:
+                self._credential.rejected()  # the next attempt uses someone else's token
             frame = self._frames.event(
                 "watch-error",
                 {
@@ -217,9 +244,8 @@ class Channel:
                 "unsubscribed", {"channel": self.key, "reason": "gone"}, channel=self.key
             )
             for session in (*self.subscribers, *self.waiting):
+                session.left(self.key, "gone")
                 session.push(frame)
-                session.channels.pop(self.key, None)
-                session.forget_channel(self.key)
             self.subscribers.clear()
             self.waiting.clear()
             self._on_gone(self)
@@ -227,7 +253,8 @@ class Channel:
     def _first_sync(self) -> None:
         self.synced = True
         self.history.clear()
-        self.history_floor = self._rv_int
+        self.relists.clear()
+        self.complete_from = self._rv_int
         wanting = [session for session, snapshot in self.waiting.items() if snapshot]
         if wanting:
             frames = self._snapshot_frames()
@@ -238,18 +265,18 @@ class Channel:
         self.waiting.clear()
         log.info("channel.synced", channel=self.key, objects=len(self.upstream.objects), rv=self.rv)
 
+    def _control(self, event: str, **data: str) -> Frame:
+        """A control frame of this channel made for one session (not kept for replay)."""
+        return self._frames.event(event, {"channel": self.key, **data}, channel=self.key, snapshot=True)
+
     def _snapshot_frames(self, *, resync: str | None = None) -> list[Frame]:
         """``resync`` (when a reason is given), every object as ADDED, then ``synced``: frames
-        made in the order they are sent, so their ids increase."""
+        made in the order they are sent, so their ids increase. The objects carry no position:
+        only ``synced`` marks a complete state."""
         frames = self._frames
-        rv = self.rv
         out = []
         if resync is not None:
-            out.append(
-                frames.event(
-                    "resync", {"channel": self.key, "reason": resync}, channel=self.key, snapshot=True
-                )
-            )
+            out.append(self._control("resync", reason=resync))
         out += [
             frames.watch(
                 channel_json=self.key_json,
@@ -257,70 +284,54 @@ class Channel:
                 type="ADDED",
                 key=key,
                 object_json=event.object_json,
-                resource_version=rv,
+                resource_version="",
                 snapshot=True,
             )
             for key, event in self.upstream.objects.items()
         ]
-        out.append(
-            frames.event(
-                "synced", {"channel": self.key, "resourceVersion": rv}, channel=self.key, snapshot=True
-            )
-        )
+        out.append(self._control("synced", resourceVersion=self.rv))
         return out
 
     # ------------------------------------------------------------------ subscribers
     def join(self, session: Session, *, resource_version: str | None, snapshot: bool) -> None:
-        """Add a subscriber; everything it needs comes from the channel's cache and history."""
-        session.channels[self.key] = self
-        session.push(self._frames.event("subscribed", {"channel": self.key}, channel=self.key, snapshot=True))
+        """Add a subscriber; everything it needs comes from the channel's cache and history.
+
+        ``resource_version`` must be ASCII digits (the web layer refuses anything else)."""
+        session.joined(self)
+        session.push(self._control("subscribed"))
         if self.error_frame is not None:
             session.push(self._frames.reissue(self.error_frame, snapshot=True))
         if not self.synced:
             if snapshot and resource_version:
                 # Nothing to catch up from yet: the client must drop what it holds.
-                session.push(
-                    self._frames.event(
-                        "resync", {"channel": self.key, "reason": "expired"}, channel=self.key, snapshot=True
-                    )
-                )
+                session.push(self._control("resync", reason="expired"))
             self.waiting[session] = snapshot
             return
         if snapshot:
-            catch_up = self._catch_up(resource_version) if resource_version else None
+            catch_up = self._catch_up(int(resource_version)) if resource_version else None
             if catch_up is not None:
-                catch_up.append(
-                    self._frames.event(
-                        "synced",
-                        {"channel": self.key, "resourceVersion": self.rv},
-                        channel=self.key,
-                        snapshot=True,
-                    )
-                )
+                catch_up.append(self._control("synced", resourceVersion=self.rv))
                 session.push_many(catch_up)
             else:
                 session.push_many(self._snapshot_frames(resync="expired" if resource_version else None))
         self.subscribers[session] = None
 
-    def _catch_up(self, resource_version: str) -> list[Frame] | None:
-        """Frames newer than ``resource_version`` under new ids, or None when history is short."""
-        if not resource_version.isdigit():
+    def _catch_up(self, since: int) -> list[Frame] | None:
+        """Frames of every group ending at or after ``since``, under new ids; None when the
+        history does not reach back that far (or ``since`` is ahead of this channel)."""
+        if self.complete_from is None or since < self.complete_from or since > self._rv_int:
             return None
-        since = int(resource_version)
-        if since < self.history_floor or since > self._rv_int or self.history_floor < 0:
+        if any(start < since < end for start, end in self.relists):
             return None
         reissue = self._frames.reissue
-        return [reissue(frame, snapshot=True) for rv, frame in self.history if rv > since]
+        return [reissue(frame, snapshot=True) for end, frame in self.history if end >= since]
 
-    def leave(self, session: Session) -> bool:
+    def leave(self, session: Session, reason: str) -> bool:
         """Remove a subscriber; True when it was one."""
-        session.forget_channel(self.key)
-        session.channels.pop(self.key, None)
-        if session is self._token_owner:
+        session.left(self.key, reason)
+        if self._credential.owner_left(session) and self.subscriber_count > 1:
             # Its token must not keep the shared watch open: resume with another subscriber's.
-            self._token_owner = None
-            if self.subscriber_count > 1:
-                self.upstream.restart_watch()
+            self.upstream.restart_watch()
         if session in self.subscribers:
             del self.subscribers[session]
             return True
@@ -331,11 +342,7 @@ class Channel:
         if self.key not in session.channels:
             return
         if not self.synced:
-            session.push(
-                self._frames.event(
-                    "resync", {"channel": self.key, "reason": "overflow"}, channel=self.key, snapshot=True
-                )
-            )
+            session.push(self._control("resync", reason="overflow"))
             self.subscribers.pop(session, None)
             self.waiting[session] = True
             return

@@ -5,9 +5,14 @@ stream writes straight to the transport (see ``hub/session.py``): a subscriber t
 costs one ``transport.write`` of a shared ``bytes`` object per event, with no per-subscriber encoding.
 HTTP/1.0 clients (no chunking) get :attr:`Frame.payload`, a slice made only for them.
 
-Event ids come from one process-wide counter that starts at the current time in microseconds, so
-ids are strictly increasing within a session (every frame a session receives is created after the
-previous one) and also across a gateway restart, which keeps ``Last-Event-ID`` meaningful.
+Event ids come from one process-wide counter that starts at the current time in nanoseconds
+since the epoch and adds one per frame, so ids strictly increase within a session (every frame a
+session receives is made after the one before). They also increase across a restart because the
+counter cannot run ahead of the clock: that would take more than one frame per nanosecond, a
+thousand times what a process builds even when it writes snapshots to thousands of clients at
+once (with microseconds, a burst of a few million snapshot frames ran seconds ahead, and a restart
+right after it went back in time). Nineteen digits until the year 2262; clients treat ids as
+opaque strings anyway.
 
 This module sits in ``hub`` rather than ``web`` because the hub builds the frames it fans out; the
 web layer only writes them.
@@ -66,7 +71,7 @@ class FrameFactory:
     __slots__ = ("_last_id",)
 
     def __init__(self, start_id: int | None = None) -> None:
-        self._last_id = start_id if start_id is not None else time.time_ns() // 1000
+        self._last_id = start_id if start_id is not None else time.time_ns()
 
     def _frame(
         self, event: bytes, data: bytes, channel: str, key: ObjectKey | None, snapshot: bool = False

@@ -82,31 +82,54 @@ class WatchHub:
 
     # ------------------------------------------------------------------ streams
     def open_stream(self, *, client_id: str, identity: str, last_event_id: int | None) -> StreamGrant:
-        """Find or make the session of ``client_id`` for a new stream (which the caller attaches)."""
+        """Find or make the session of ``client_id`` for a new stream; the caller then calls
+        :meth:`attach` (or :meth:`stream_closed` if the stream never starts). An existing session
+        stops expiring now: the stream may take a while to start."""
         if self.draining:
             raise Draining("the server is shutting down; reconnect shortly")
         session = self.sessions.get(client_id)
         if session is not None:
             if session.identity != identity:
                 raise ClientIdInUse("this client id belongs to another identity")
-            if last_event_id is not None:
+            session.cancel_expiry()
+            if last_event_id is not None and session.can_resume(last_event_id):
                 return StreamGrant(session, resumed=True)
-            # No Last-Event-ID: the client starts over and subscribes again.
+            # No Last-Event-ID (or one it cannot serve exactly): the client starts over.
             self._release_subscriptions(session)
             session.reset()
             return StreamGrant(session, resumed=False)
         if len(self.sessions) >= self.limits.max_clients:
             raise TooManyClients(f"the server is at its limit of {self.limits.max_clients} clients")
         session = Session(
-            client_id=client_id,
-            identity=identity,
-            buffer_bytes=self.limits.client_buffer_bytes,
-            resnapshot=self._resnapshot,
+            client_id=client_id, identity=identity, buffer_bytes=self.limits.client_buffer_bytes
         )
         self.sessions[client_id] = session
         self.sessions_opened += 1
         self._changed()
         return StreamGrant(session, resumed=False)
+
+    def attach(
+        self,
+        session: Session,
+        transport: asyncio.WriteTransport,
+        *,
+        chunked: bool,
+        last_event_id: int | None,
+    ) -> int | None:
+        """The stream of a grant is ready: it takes the session over (replaying what came after
+        ``last_event_id``). Returns its generation, or None when the session ended meanwhile
+        (the caller closes the stream; the client reconnects and starts over)."""
+        if session.removed or self.sessions.get(session.client_id) is not session:
+            return None
+        generation, ended = session.attach(transport, chunked=chunked, last_event_id=last_event_id)
+        for key, reason in ended.items():
+            # Its unsubscribed is no longer in the replay log: the client must still hear it.
+            session.push(
+                self.frames.event(
+                    "unsubscribed", {"channel": key, "reason": reason}, channel=key, snapshot=True
+                )
+            )
+        return generation
 
     def stream_closed(self, session: Session, generation: int | None) -> None:
         """The stream ``generation`` of ``session`` ended (None: it never attached): keep the
@@ -123,17 +146,11 @@ class WatchHub:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self._release_subscriptions(session)
-        session.close()
         self.retired["coalesced"] += session.coalesced
         self.retired["resyncs"] += session.resyncs
+        session.close()
         log.info("client.expired", client_id=session.client_id)
         self._changed()
-
-    @staticmethod
-    def _resnapshot(session: Session, key: str) -> None:
-        channel = session.channels.get(key)
-        if channel is not None:
-            channel.resnapshot(session)
 
     # ------------------------------------------------------------------ subscriptions
     def session_for(self, client_id: str, identity: str) -> Session:
@@ -191,18 +208,26 @@ class WatchHub:
             channel.grace_handle.cancel()
             channel.grace_handle = None
             log.info("channel.reused", channel=key)
-        channel.join(session, resource_version=resource_version, snapshot=snapshot)
+        try:
+            channel.join(session, resource_version=resource_version, snapshot=snapshot)
+        except Exception:
+            # Never a half-subscribed session: undo, and let the channel idle out if unused.
+            channel.leave(session, "error")
+            self._maybe_idle(channel)
+            raise
         log.debug("client.subscribed", client_id=session.client_id, channel=key)
         return key
 
     def unsubscribe(self, session: Session, key: str, *, reason: str = "client", notify: bool = True) -> None:
-        channel = session.channels.get(key)
-        if channel is None:
+        held = session.channels.get(key)
+        if held is None:
             return
-        channel.leave(session)
+        held.leave(session, reason)
         if notify:
             session.push(self.frames.event("unsubscribed", {"channel": key, "reason": reason}, channel=key))
-        self._maybe_idle(channel)
+        channel = self.channels.get(key)
+        if channel is not None:
+            self._maybe_idle(channel)
 
     def _release_subscriptions(self, session: Session) -> None:
         for key in list(session.channels):

@@ -1,48 +1,65 @@
-"""One client session: its frames, its bounded buffers, its stream, and resume by ``Last-Event-ID``.
+"""One client session: the hot-path writes, its stream's pump, and its lifetime.
 
 Delivery (the hot path): :meth:`Session.push` writes a shared, pre-encoded frame straight to the
-socket's transport when the client is keeping up (nothing pending, transport buffer below
+socket's transport when the client is keeping up (nothing queued, transport buffer below
 ``WRITE_HIGH_WATER``): one ``transport.write`` per event per subscriber, no task, no await. When
-the client falls behind, frames queue in ``pending`` and the session's stream task (the request
-handler, see ``web/stream.py``) writes everything pending in one write, then waits for the
-transport to drain. Backpressure therefore comes from the transport's own write buffer.
+the client falls behind, frames queue in its :class:`~watchgw.hub.outbox.Outbox` (coalesced as they
+arrive) and the session's stream task (the request handler runs :meth:`Session.pump`) writes
+everything queued in one write, then waits for the transport to drain. Backpressure therefore
+comes from the transport's own write buffer.
 
-Bounds: ``pending`` may hold ``client_buffer_bytes`` beyond what a snapshot put in it. Over the
-bound, superseded updates of the same object are coalesced (the latest state wins); if that is not
-enough, the channels with the most pending bytes are marked for ``resync``: their pending frames
-are dropped and, once the client has drained, it gets ``resync`` + a fresh snapshot + ``synced``.
+Bounds: the outbox may hold ``client_buffer_bytes`` beyond what a snapshot put in it. Over the
+bound, the channels with the most queued bytes are marked for ``resync``: their frames are dropped
+and, once the client has drained, it gets ``resync`` + a fresh snapshot + ``synced``.
 
-Resume: frames already written are kept in ``sent`` (also ``client_buffer_bytes`` at most) so a
-client that reconnects with ``Last-Event-ID`` gets every frame after it. Channels whose frames
-were trimmed from ``sent`` beyond that id cannot be replayed exactly and get a ``resync`` instead.
+Resume: written frames go to the session's :class:`~watchgw.hub.replay.ReplayLog`, so a client that
+reconnects with ``Last-Event-ID`` gets every frame after it, or a ``resync`` (``unsubscribed``)
+for a held (left) channel whose frames the log no longer has.
+
+A session knows the channels it holds only through :class:`Subscription`, so this module does not
+import the channel module (which imports this one).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
 from watchgw.hub.frames import PING, Frame, chunk
-
-if TYPE_CHECKING:
-    from watchgw.hub.channel import Channel
+from watchgw.hub.outbox import Outbox
+from watchgw.hub.replay import ReplayLog
+from watchgw.kube.types import WatchTarget
 
 log = structlog.get_logger("watchgw.session")
 
 _PING_CHUNK = chunk(PING)
 
+#: Above this many bytes in the transport's buffer, frames queue in the session instead.
+WRITE_HIGH_WATER = 256 * 1024
+
+
+class Subscription(Protocol):
+    """What a session holds of a channel it subscribed to (``hub.channel.Channel``)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def target(self) -> WatchTarget: ...
+
+    def resnapshot(self, session: Session) -> None:
+        """``resync`` + snapshot + ``synced`` for this session, which fell too far behind."""
+
+    def leave(self, session: Session, reason: str) -> bool:
+        """Stop delivering to ``session`` (which calls :meth:`Session.left` for it)."""
+
 
 def _heartbeat_due(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(True)
-
-
-#: Above this many bytes in the transport's buffer, frames queue in the session instead.
-WRITE_HIGH_WATER = 256 * 1024
 
 
 class Session:
@@ -51,57 +68,44 @@ class Session:
         "_budget",
         "_chunked",
         "_limit",
+        "_log",
         "_on_expire",
-        "_pending",
-        "_pending_bytes",
-        "_resnapshot",
+        "_outbox",
         "_resync",
-        "_sent",
-        "_sent_bytes",
-        "_trimmed",
         "_ttl_handle",
         "_waiter",
         "channels",
         "client_id",
         "closing",
-        "coalesced",
         "identity",
+        "removed",
         "resyncs",
         "stream_generation",
         "token",
         "transport",
     )
 
-    def __init__(
-        self,
-        *,
-        client_id: str,
-        identity: str,
-        buffer_bytes: int,
-        resnapshot: Callable[[Session, str], None],
-    ) -> None:
+    def __init__(self, *, client_id: str, identity: str, buffer_bytes: int) -> None:
         self.client_id = client_id
         self.identity = identity
         self.token: str | None = None
         """The client's latest bearer token (bearer mode): rechecks and subscriber credentials."""
-        self.channels: dict[str, Channel] = {}
+        self.channels: dict[str, Subscription] = {}
         self.transport: asyncio.WriteTransport | None = None
         self.stream_generation = 0
-        self.coalesced = 0
         self.resyncs = 0
         self.closing = False
-        """Set by a drain: the stream ends once what is pending is written."""
+        """Set by a drain: the stream ends once what is queued is written."""
+        self.removed = False
+        """The hub has ended this session: no stream may attach to it any more."""
         self._chunked = True
         self._limit = buffer_bytes
         self._budget = buffer_bytes
-        self._pending: list[Frame] = []
-        self._pending_bytes = 0
-        self._sent: deque[Frame] | None = None
-        """Written frames kept for replay; made at the first one (most idle clients have none)."""
-        self._sent_bytes = 0
-        self._trimmed: dict[str, int] = {}
+        self._outbox: Outbox | None = None
+        """Made at the first frame that must queue (most idle clients never need one)."""
+        self._log: ReplayLog | None = None
+        """Made at the first frame written."""
         self._resync: dict[str, None] = {}
-        self._resnapshot = resnapshot
         self._waiter: asyncio.Future[bool] | None = None
         """What the pump awaits while idle; a future made only then (lighter than an Event)."""
         self._ttl_handle: asyncio.TimerHandle | None = None
@@ -114,7 +118,7 @@ class Session:
         t = self.transport
         if (
             t is not None
-            and not self._pending
+            and not self._outbox
             and t.get_write_buffer_size() < WRITE_HIGH_WATER
             and not t.is_closing()
         ):
@@ -128,12 +132,14 @@ class Session:
         t = self._writable()
         if t is not None:
             t.write(frame.wire if self._chunked else frame.payload)
-            self._remember_written((frame,))
+            self._remember((frame,))
             return
-        self._pending.append(frame)
-        self._pending_bytes += len(frame.wire)
-        if self._pending_bytes > self._budget:
-            self._relieve()
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = Outbox()
+        outbox.append(frame)
+        if outbox.bytes > self._budget:
+            self._relieve(outbox)
         if self.transport is not None:
             self._wake()
 
@@ -147,96 +153,62 @@ class Session:
                 self.push(frame)
             return
         t.write(wire if self._chunked else b"".join([f.payload for f in frames]))
-        self._remember_written(frames)
+        self._remember(frames)
 
     def push_many(self, frames: Iterable[Frame]) -> None:
         """Queue a batch (a snapshot): it may exceed the buffer bound by its own size, once."""
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = Outbox()
         for frame in frames:
-            self._pending.append(frame)
-            self._pending_bytes += len(frame.wire)
-        self._budget = max(self._budget, self._pending_bytes + self._limit)
+            outbox.append(frame)
+        self._budget = max(self._budget, outbox.bytes + self._limit)
         if self.transport is not None:
             self._wake()
 
-    def _remember_written(self, frames: Iterable[Frame]) -> None:
-        """Keep written frames for replay; frames made for this session alone (snapshots) are
-        not kept (memory per client would grow with the snapshot): a resume from before one
-        gets a ``resync`` of that channel instead, as for frames trimmed from the history."""
-        sent = self._sent
-        trimmed = self._trimmed
-        size = 0
-        for frame in frames:
-            if frame.snapshot:
-                trimmed[frame.channel] = frame.id
-                continue
-            if sent is None:
-                sent = self._sent = deque()
-            sent.append(frame)
-            size += len(frame.wire)
-        self._sent_bytes += size
-        if self._sent_bytes > self._limit:
-            self._trim_sent()
-
-    def _trim_sent(self) -> None:
-        sent = self._sent
-        assert sent is not None
-        trimmed = self._trimmed
-        while self._sent_bytes > self._limit and sent:
-            old = sent.popleft()
-            self._sent_bytes -= len(old.wire)
-            if old.channel:
-                trimmed[old.channel] = old.id
+    def _remember(self, frames: Iterable[Frame]) -> None:
+        replay_log = self._log
+        if replay_log is None:
+            replay_log = self._log = ReplayLog(self._limit)
+        replay_log.remember(frames, self.channels)
 
     # ------------------------------------------------------------------ slow clients
-    def _relieve(self) -> None:
-        """Pending output is over budget: coalesce, then resync the heaviest channels."""
-        before = len(self._pending)
-        latest: dict[tuple[str, str], int] = {}
-        frames = list(self._pending)
-        for index, frame in enumerate(frames):
-            if frame.key:
-                latest[(frame.channel, frame.key)] = index
-        kept = [
-            frame
-            for index, frame in enumerate(frames)
-            if not frame.key or latest[(frame.channel, frame.key)] == index
-        ]
-        self.coalesced += before - len(kept)
-        self._pending = kept
-        self._pending_bytes = sum(len(f.wire) for f in kept)
-        if self._pending_bytes <= self._limit:
-            self._budget = self._limit
-            return
-        per_channel: dict[str, int] = {}
-        for frame in kept:
-            if frame.channel:
-                per_channel[frame.channel] = per_channel.get(frame.channel, 0) + len(frame.wire)
-        for channel, _size in sorted(per_channel.items(), key=lambda item: -item[1]):
-            if self._pending_bytes <= self._limit:
+    def _relieve(self, outbox: Outbox) -> None:
+        """Queued output is over budget (superseded updates are already coalesced): resync the
+        channels with the most bytes queued until it fits."""
+        resynced = []
+        while outbox.bytes > self._limit:
+            channel = outbox.heaviest_channel(among=self.channels)
+            if channel is None:
                 break
             self.mark_resync(channel)
-        self._budget = max(self._limit, self._pending_bytes)
-        log.info(
-            "client.overflow",
-            client_id=self.client_id,
-            coalesced=before - len(kept),
-            resync=list(self._resync),
-        )
+            resynced.append(channel)
+        self._budget = max(self._limit, outbox.bytes)
+        log.info("client.overflow", client_id=self.client_id, coalesced=outbox.coalesced, resync=resynced)
 
     def mark_resync(self, channel: str) -> None:
-        """Drop the channel's pending frames; it gets ``resync`` + snapshot once drained."""
+        """Drop the channel's queued frames; it gets ``resync`` + snapshot once drained."""
         if channel not in self.channels:
             return
         self._resync[channel] = None
         self.resyncs += 1
-        self._pending = [f for f in self._pending if f.channel != channel]
-        self._pending_bytes = sum(len(f.wire) for f in self._pending)
+        if self._outbox is not None:
+            self._outbox.drop_channel(channel)
         if self.transport is not None:
             self._wake()
 
-    def forget_channel(self, channel: str) -> None:
+    def joined(self, channel: Subscription) -> None:
+        self.channels[channel.key] = channel
+        if self._log is not None:
+            self._log.rejoined(channel.key)
+
+    def left(self, channel: str, reason: str) -> None:
         """The session left the channel: nothing more of it may be delivered."""
+        self.channels.pop(channel, None)
         self._resync.pop(channel, None)
+        if self._log is None:
+            self._log = ReplayLog(self._limit)
+        self._log.left(channel, reason)
 
     # ------------------------------------------------------------------ streams
     @property
@@ -245,18 +217,39 @@ class Session:
 
     @property
     def pending_bytes(self) -> int:
-        return self._pending_bytes
+        return self._outbox.bytes if self._outbox is not None else 0
 
-    def attach(self, transport: asyncio.WriteTransport, *, chunked: bool, last_event_id: int | None) -> int:
-        """A stream takes over the session; returns its generation. Replays after ``last_event_id``."""
+    @property
+    def coalesced(self) -> int:
+        return self._outbox.coalesced if self._outbox is not None else 0
+
+    def can_resume(self, last_event_id: int) -> bool:
+        """Whether a stream resuming after ``last_event_id`` can be served exactly."""
+        return self._log is None or self._log.can_resume(last_event_id)
+
+    def attach(
+        self, transport: asyncio.WriteTransport, *, chunked: bool, last_event_id: int | None
+    ) -> tuple[int, dict[str, str]]:
+        """A stream takes over the session; returns its generation and, for a resume, the
+        channels the session left whose ``unsubscribed`` the client may have missed (with the
+        reason), for the hub to tell it again. Replays what came after ``last_event_id``."""
+        assert not self.removed, "a stream attached to an ended session"
         self.cancel_expiry()
         self.stream_generation += 1
-        if last_event_id is not None:
-            self._replay_after(last_event_id)
+        ended: dict[str, str] = {}
+        if last_event_id is not None and self._log is not None:
+            replay, resync, ended = self._log.after(last_event_id)
+            if replay:
+                if self._outbox is None:
+                    self._outbox = Outbox()
+                self._outbox.prepend(replay)
+                self._budget = max(self._budget, self._outbox.bytes + self._limit)
+            for channel in resync:
+                self.mark_resync(channel)
         self.transport = transport
         self._chunked = chunked
         self._wake()
-        return self.stream_generation
+        return self.stream_generation, ended
 
     def detach(self, generation: int) -> bool:
         """The stream of ``generation`` ended; False when a newer stream already took over."""
@@ -266,30 +259,11 @@ class Session:
         self._wake()
         return True
 
-    def _replay_after(self, last_id: int) -> None:
-        """Requeue what the client missed: frames after ``last_id`` go before anything pending."""
-        sent = self._sent or deque()
-        replay = [f for f in sent if f.id > last_id]
-        lost = {channel for channel, trimmed_id in self._trimmed.items() if trimmed_id > last_id}
-        if lost:
-            replay = [f for f in replay if f.channel not in lost]
-        self._pending[0:0] = replay
-        self._pending_bytes += sum(len(f.wire) for f in replay)
-        # What is replayed is no longer "sent": it is written again from pending.
-        self._sent = deque(f for f in sent if f.id <= last_id)
-        self._sent_bytes = sum(len(f.wire) for f in self._sent)
-        self._budget = max(self._budget, self._pending_bytes + self._limit)
-        for channel in lost:
-            if channel in self.channels:
-                self.mark_resync(channel)
-
     def reset(self) -> None:
         """A stream without ``Last-Event-ID``: the client starts over, nothing is replayed."""
-        self._sent = None
-        self._sent_bytes = 0
-        self._trimmed.clear()
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._log = None
+        if self._outbox is not None:
+            self._outbox.clear()
         self._resync.clear()
         self._budget = self._limit
 
@@ -299,7 +273,7 @@ class Session:
             waiter.set_result(False)
 
     def end_stream(self) -> None:
-        """Finish the current stream after writing what is pending (server drain)."""
+        """Finish the current stream after writing what is queued (server drain)."""
         self.closing = True
         self._wake()
 
@@ -311,7 +285,7 @@ class Session:
         stall_timeout_s: float,
         heartbeat_s: float,
     ) -> None:
-        """Write what is pending until this stream is detached or replaced; run by the stream handler.
+        """Write what is queued until this stream is detached or replaced; run by the stream handler.
 
         ``drain`` completes when the transport's buffer is below its low-water mark. A client that
         accepts nothing for ``stall_timeout_s`` is disconnected (its session stays, so it can
@@ -319,7 +293,7 @@ class Session:
         notices a vanished peer where the server does not cancel handlers on disconnect.
         """
         while self.stream_generation == generation and self.transport is not None:
-            if not self._pending and not self._resync:
+            if not self._outbox and not self._resync:
                 if self.closing:
                     return
                 self._budget = self._limit
@@ -354,25 +328,26 @@ class Session:
                     transport.abort()
                     return
                 continue
-            if not self._pending:
+            if not self._outbox:
                 # Drained: now the channels that overflowed get their fresh snapshot.
-                channel = next(iter(self._resync))
-                del self._resync[channel]
-                self._resnapshot(self, channel)
+                key = next(iter(self._resync))
+                del self._resync[key]
+                channel = self.channels.get(key)
+                if channel is not None:
+                    channel.resnapshot(self)
                 continue
-            self._write_pending(transport)
+            self._write_queued(transport)
 
-    def _write_pending(self, transport: asyncio.WriteTransport) -> None:
-        """Everything pending in one write. A method of its own so that no local of the pump
+    def _write_queued(self, transport: asyncio.WriteTransport) -> None:
+        """Everything queued in one write. A method of its own so that no local of the pump
         keeps the written frames (a whole snapshot) alive while it waits."""
-        frames = list(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
+        assert self._outbox is not None
+        frames = self._outbox.take()
         if self._chunked:
             transport.write(b"".join([f.wire for f in frames]))
         else:
             transport.write(b"".join([f.payload for f in frames]))
-        self._remember_written(frames)
+        self._remember(frames)
 
     # ------------------------------------------------------------------ lifetime
     def schedule_expiry(self, ttl_s: float, on_expire: Callable[[], None]) -> None:
@@ -392,10 +367,11 @@ class Session:
 
     def close(self) -> None:
         """Release buffers; the hub has already removed the session from its channels."""
+        self.removed = True
         self.cancel_expiry()
-        self._pending.clear()
-        self._sent = None
-        self._pending_bytes = self._sent_bytes = 0
+        self._outbox = None
+        self._log = None
+        self._on_expire = None
         self.transport = None
         self.stream_generation += 1
         self._wake()

@@ -15,6 +15,7 @@ from watchgw.config import Config
 from watchgw.hub.errors import InvalidRequest
 from watchgw.hub.hub import WatchHub
 from watchgw.hub.keys import InvalidField, parse_channel_key, target_from_fields
+from watchgw.kube.types import MAX_RESOURCE_VERSION_CHARS, is_valid_resource_version
 from watchgw.web.access import ANONYMOUS, Access, Caller
 from watchgw.web.body import RateLimited, fail, read_json_object
 from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
@@ -93,9 +94,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await response.write(connected)
         del connected  # the handler lives as long as the stream: keep its frame small
         chunked = bool(getattr(writer, "chunked", True))
-        generation = session.attach(
-            transport, chunked=chunked, last_event_id=last_event_id if grant.resumed else None
+        generation = hub.attach(
+            session, transport, chunked=chunked, last_event_id=last_event_id if grant.resumed else None
         )
+        if generation is None:
+            return response  # the session ended while the stream started: the client starts over
         log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=caller.identity)
         await session.pump(
             generation,
@@ -143,12 +146,15 @@ async def subscribe(request: web.Request) -> web.Response:
     except InvalidField as exc:
         raise InvalidRequest(str(exc)) from None
     resource_version = body.get("resourceVersion")
-    if resource_version is not None and (
-        not isinstance(resource_version, str)
-        or len(resource_version) > 64
-        or not resource_version.isprintable()
+    if (
+        resource_version is not None
+        and resource_version != ""
+        and not is_valid_resource_version(resource_version)
     ):
-        raise InvalidRequest("resourceVersion: must be a string of at most 64 printable characters")
+        raise InvalidRequest(
+            f"resourceVersion: must be 1 to {MAX_RESOURCE_VERSION_CHARS} ASCII digits, as sent in 'watch' "
+            "and 'synced' events"
+        )
     snapshot = body.get("snapshot", True)
     if not isinstance(snapshot, bool):
         raise InvalidRequest("snapshot: must be true or false")
