@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from watchgw.hub.frames import Frame, FrameFactory
+from watchgw.hub.replay import MAX_NOTES
 from watchgw.hub.session import WRITE_HIGH_WATER, Session
 from watchgw.kube.types import ObjectKey, WatchTarget
 
@@ -291,3 +292,32 @@ async def test_snapshot_frames_are_not_kept_for_replay() -> None:
     # A resume from the middle of the snapshot cannot replay it: the channel is resynced.
     attach(session, FakeTransport(), snapshot[4].id)
     assert "a" in session._resync
+
+
+async def test_notes_of_channels_left_are_bounded_and_old_resumes_start_over() -> None:
+    """A client that subscribes to and leaves thousands of channels keeps a bounded amount of
+    bookkeeping; a resume from before a note was dropped is refused rather than inexact."""
+    session, resnapshots = make_session(buffer_bytes=100_000)
+    transport = FakeTransport()
+    generation = attach(session, transport)
+    first = watch_frame("a", "first")
+    session.push(first)
+    for i in range(2_000):
+        channel = FakeChannel(f"ch-{i}", resnapshots)
+        session.joined(channel)
+        snapshot = FRAMES.event("synced", {"channel": channel.key}, channel=channel.key, snapshot=True)
+        session.push(snapshot)  # written, not kept: a note that this channel cannot be replayed
+        channel.leave(session, "client")
+        session.push(FRAMES.event("unsubscribed", {"channel": channel.key}, channel=channel.key))
+    log = session._log
+    assert log is not None
+    assert len(log._lost) <= MAX_NOTES + len(session.channels)
+    assert len(log._left) <= MAX_NOTES
+    session.detach(generation)
+    assert not session.can_resume(first.id), "notes from then are gone: the client starts over"
+    assert session.can_resume(transport_last_id(transport))
+
+
+def transport_last_id(transport: FakeTransport) -> int:
+    last = text(transport).rsplit(b"id: ", 1)[1]
+    return int(last.split(b"\n", 1)[0])

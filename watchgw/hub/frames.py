@@ -21,6 +21,7 @@ web layer only writes them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ujson
@@ -70,8 +71,8 @@ class FrameFactory:
 
     __slots__ = ("_last_id",)
 
-    def __init__(self, start_id: int | None = None) -> None:
-        self._last_id = start_id if start_id is not None else time.time_ns()
+    def __init__(self, start_id: int | None = None, *, clock: Callable[[], int] = time.time_ns) -> None:
+        self._last_id = start_id if start_id is not None else clock()
 
     def _frame(
         self, event: bytes, data: bytes, channel: str, key: ObjectKey | None, snapshot: bool = False

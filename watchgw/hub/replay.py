@@ -28,7 +28,7 @@ MAX_NOTES = 64
 
 
 class ReplayLog:
-    __slots__ = ("_bytes", "_forgotten_before", "_frames", "_left", "_limit", "_lost")
+    __slots__ = ("_bytes", "_forgotten_before", "_frames", "_last_id", "_left", "_limit", "_lost")
 
     def __init__(self, limit_bytes: int) -> None:
         self._frames: deque[Frame] = deque()
@@ -40,6 +40,8 @@ class ReplayLog:
         """Channels the session left, with the reason its ``unsubscribed`` said."""
         self._forgotten_before = 0
         """A resume from before this id may have lost a note: it cannot be exact."""
+        self._last_id = 0
+        """The newest frame written."""
 
     def remember(self, frames: Iterable[Frame], held: Container[str]) -> None:
         """``frames`` were written to the socket, in order."""
@@ -47,6 +49,7 @@ class ReplayLog:
         lost = self._lost
         size = 0
         for frame in frames:
+            self._last_id = frame.id
             if frame.snapshot:
                 if frame.channel:
                     lost[frame.channel] = frame.id
@@ -63,7 +66,15 @@ class ReplayLog:
             self._prune(held)
 
     def left(self, channel: str, reason: str) -> None:
-        self._left[channel] = reason
+        self._left.pop(channel, None)
+        self._left[channel] = reason  # newest last
+        if len(self._left) > MAX_NOTES:
+            # The oldest departure's unsubscribed may still be in the log: from here on, a resume
+            # from before now could miss it, so such resumes start over.
+            oldest = next(iter(self._left))
+            del self._left[oldest]
+            self._lost.pop(oldest, None)
+            self._forgotten_before = max(self._forgotten_before, self._last_id + 1)
 
     def rejoined(self, channel: str) -> None:
         self._left.pop(channel, None)
