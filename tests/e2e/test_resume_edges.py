@@ -63,7 +63,7 @@ async def test_a_resume_whose_log_lost_an_unsubscribed_still_hears_it() -> None:
         assert zones not in client.state
 
 
-@pytest.mark.parametrize("version", ["１２", "12a", "-1", " 12", "9" * 5000, "1" * 33])
+@pytest.mark.parametrize("version", ["\uff11\uff12", "12a", "-1", " 12", "9" * 5000, "1" * 33])
 async def test_a_resource_version_that_is_not_short_ascii_digits_is_refused_cleanly(version: str) -> None:
     async with gateway() as (sim, client):
         sim.create("api/v1/secrets", {"metadata": {"name": "a"}}, project="proj-a", namespace="default")
