@@ -2,9 +2,11 @@
 
 Dozens of clients over several channels; random creates, updates and deletes; random upstream
 faults (cut streams, 410s, stalls, 500s, 401 with token rotation); clients that disconnect and
-resume, that come back too late and re-subscribe with their last resourceVersion, that stop
-reading for a while, that subscribe and unsubscribe at random. When the churn stops, every
-client's state for every channel it holds must equal the simulator's.
+resume, that come back too late and re-subscribe with their last resourceVersion (or, half of
+the time, with the resourceVersion of a random event they applied long before: the catch-up then
+replays older events onto a newer state), that stop reading for a while, that subscribe and
+unsubscribe at random. When the churn stops, every client's state for every channel it holds must
+equal the simulator's.
 
 Used by ``tests/e2e/test_chaos.py`` (several seeds in CI) and by ``make soak``
 (``python -m tests.chaos --seconds 300``), which prints the figures.
@@ -22,9 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ujson
+
 from tests.stacks import fast_upstream, sim_and_gateway
 from watchgw.client.client import WatchClient, WatchClientError, object_key
+from watchgw.client.sse import SSEEvent
 from watchgw.config import Config, config_from_mapping
+from watchgw.hub.keys import InvalidField, channel_key, target_from_fields
 from watchgw.sim import Fault, Simulator
 from watchgw.web.keys import HUB
 
@@ -47,6 +53,12 @@ class ChaosReport:
     faults: int = 0
     resumes: int = 0
     late_reconnects: int = 0
+    random_resumes: int = 0
+    """Channels re-subscribed (after a late reconnect) from a random version the client applied."""
+    random_behind: int = 0
+    """Of those, the ones from a version older than the channel's last (older events replayed)."""
+    random_caught_up: int = 0
+    """Of those, the ones answered with a catch-up and ``synced`` (the others: ``resync``)."""
     pauses: int = 0
     subscription_changes: int = 0
     resyncs: int = 0
@@ -96,6 +108,95 @@ def chaos_config(sim_url: str, token_file: Path) -> Config:
     return fast_upstream(config, backoff_reset_s=0.5, inactivity_timeout_s=0.8, watch_timeout_s=5)
 
 
+RESERVOIR_SIZE = 32
+
+
+class SamplingClient(WatchClient):
+    """A client that remembers a random sample of the positions it could resume each channel from.
+
+    The gateway promises that the ``resourceVersion`` of any ``watch`` or ``synced`` event applied
+    while the channel was synced is a position to subscribe from, not only the last one. Per
+    channel, a reservoir sample (at most ``RESERVOIR_SIZE`` versions: memory bounded however long
+    the run) of those applied since the channel's state last started over (``resync``, a fresh
+    subscription) or was dropped (unsubscribed).
+    """
+
+    def __init__(self, *args: Any, seed: int | str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sample_rng = random.Random(seed)
+        self.reservoirs: dict[str, list[str]] = {}
+        self.seen: dict[str, int] = {}
+        """Channel -> versions offered to its reservoir (the sampling's denominator)."""
+        self.rewound: set[str] = set()
+        """Channels subscribed from a random version, not yet answered (``synced`` or ``resync``)."""
+        self.random_caught_up = 0
+
+    def forget_positions(self, channel: str) -> None:
+        """The channel's state starts over (or is dropped): no position of it holds any more."""
+        self.reservoirs.pop(channel, None)
+        self.seen.pop(channel, None)
+        self.rewound.discard(channel)
+
+    def _offer(self, channel: str, version: str) -> None:
+        seen = self.seen.get(channel, 0) + 1
+        self.seen[channel] = seen
+        reservoir = self.reservoirs.setdefault(channel, [])
+        if len(reservoir) < RESERVOIR_SIZE:
+            reservoir.append(version)
+        else:
+            slot = self.sample_rng.randrange(seen)
+            if slot < RESERVOIR_SIZE:
+                reservoir[slot] = version
+
+    def apply(self, event: SSEEvent) -> None:
+        super().apply(event)
+        kind = event.event
+        if kind not in ("watch", "synced", "resync", "unsubscribed"):
+            return
+        data = ujson.loads(event.data) if event.data else {}
+        channel = data.get("channel", "")
+        if kind in ("resync", "unsubscribed"):
+            self.forget_positions(channel)
+        elif kind == "synced" and channel in self.rewound:
+            self.rewound.discard(channel)
+            self.random_caught_up += 1
+        if (
+            kind in ("watch", "synced")
+            and channel in self.synced
+            and (version := data.get("resourceVersion"))
+        ):
+            # Snapshot and catch-up frames arrive while the channel is not synced: not positions.
+            self._offer(channel, version)
+
+    def random_position(self, channel: str) -> str | None:
+        reservoir = self.reservoirs.get(channel)
+        return self.sample_rng.choice(reservoir) if reservoir else None
+
+    def rewind(self, channel: str, version: str) -> None:
+        """Subscribing from ``version`` (older than the state held): until ``synced``, the state
+        mixes older events into a newer one, so only positions up to ``version`` stay valid."""
+        self.resource_versions[channel] = version
+        self.rewound.add(channel)
+        self.reservoirs[channel] = [v for v in self.reservoirs.get(channel, []) if int(v) <= int(version)]
+        self.seen[channel] = len(self.reservoirs[channel])
+
+    async def subscribe(self, **fields: Any) -> str:
+        if not fields.get("resourceVersion"):
+            channel_fields = {k: v for k, v in fields.items() if k not in ("resourceVersion", "snapshot")}
+            try:
+                key = channel_key(target_from_fields(channel_fields))
+            except InvalidField:
+                pass
+            else:
+                if key not in self.subscriptions:  # a fresh subscription: the state starts over
+                    self.forget_positions(key)
+        return await super().subscribe(**fields)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.forget_positions(channel)
+        await super().unsubscribe(channel)
+
+
 class Chaos:
     def __init__(
         self, seed: int, *, clients: int, sim: Simulator, url: str, hub: Any, token_file: Path
@@ -107,9 +208,11 @@ class Chaos:
         self.token_file = token_file
         self.token_serial = 0
         self.report = ChaosReport(seed)
-        self.clients = [WatchClient(url, client_id=f"chaos-{seed}-{i:03d}") for i in range(clients)]
-        self.away: dict[WatchClient, str] = {}  # client -> "resume" | "late"
-        self.paused: set[WatchClient] = set()
+        self.clients = [
+            SamplingClient(url, client_id=f"chaos-{seed}-{i:03d}", seed=f"{seed}-{i}") for i in range(clients)
+        ]
+        self.away: dict[SamplingClient, str] = {}  # client -> "resume" | "late"
+        self.paused: set[SamplingClient] = set()
         self.serial = 0
 
     async def start(self) -> None:
@@ -171,7 +274,7 @@ class Chaos:
         self.report.faults += 1
 
     # ------------------------------------------------------------------ the clients
-    def present(self) -> list[WatchClient]:
+    def present(self) -> list[SamplingClient]:
         return [c for c in self.clients if c not in self.away]
 
     async def client_action(self) -> None:
@@ -208,14 +311,33 @@ class Chaos:
                     raise
             self.report.subscription_changes += 1
 
-    async def come_back(self, client: WatchClient) -> None:
+    async def come_back(self, client: SamplingClient) -> None:
         how = self.away.pop(client)
         if how == "late":
             await self.hub.wait_for(lambda: client.client_id not in self.hub.sessions, timeout=10)
             self.report.late_reconnects += 1
+            if self.rng.random() < 0.5:
+                await self.resubscribe_from_random_versions(client)
+                return
         connected = await client.reconnect()
         if connected.get("resumed"):
             self.report.resumes += 1
+
+    async def resubscribe_from_random_versions(self, client: SamplingClient) -> None:
+        """A new stream (the session is gone), then each held channel from a random position the
+        client applied rather than its last: the local state stays, newer than that position."""
+        await client.connect()
+        for channel, fields in list(client.subscriptions.items()):
+            last = client.resource_versions.get(channel)
+            version = client.random_position(channel)
+            if version is None:
+                version = last  # never synced since its state started over: as resubscribe() does
+            else:
+                self.report.random_resumes += 1
+                if last and int(version) < int(last):
+                    self.report.random_behind += 1
+                client.rewind(channel, version)
+            await client.subscribe(**fields, **({"resourceVersion": version} if version else {}))
 
     # ------------------------------------------------------------------ the run
     async def run(self, *, steps: int | None = None, seconds: float | None = None) -> ChaosReport:
@@ -269,6 +391,7 @@ class Chaos:
             self.report.resyncs += client.resyncs
             self.report.events_delivered += client.events_received
             self.report.ids_out_of_order += client.ids_out_of_order
+            self.report.random_caught_up += client.random_caught_up
 
     async def close(self) -> None:
         for client in self.clients:
@@ -306,7 +429,12 @@ def main() -> int:
     args = parser.parse_args()
     import logging
 
+    import structlog
+
     logging.disable(logging.WARNING)
+    # The gateway logs through structlog, which logging.disable does not reach (its default
+    # configuration prints every level to stdout): only errors, or the figures drown.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     started = time.monotonic()
     seed = 1000
     totals = ChaosReport(seed=-1)
@@ -319,12 +447,16 @@ def main() -> int:
             "faults",
             "resumes",
             "late_reconnects",
+            "random_resumes",
+            "random_behind",
+            "random_caught_up",
             "pauses",
             "subscription_changes",
             "resyncs",
             "events_delivered",
             "checked",
             "mismatches",
+            "ids_out_of_order",
         ):
             setattr(totals, name, getattr(totals, name) + getattr(report, name))
         totals.rss_start_kb = totals.rss_start_kb or report.rss_start_kb

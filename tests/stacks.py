@@ -34,7 +34,11 @@ async def sim_and_gateway(
     prepare: Callable[[Simulator], None] | None = None,
     **sim_kwargs: Any,
 ) -> AsyncIterator[tuple[Simulator, web.Application, str]]:
-    """A simulator, then a gateway configured for it; yields (sim, app, gateway URL)."""
+    """A simulator, then a gateway configured for it; yields (sim, app, gateway URL).
+
+    The simulator sends bookmarks every 0.25 s unless told otherwise, as an API server does every
+    minute: a healthy idle watch is never silent for :func:`fast_upstream`'s inactivity timeout."""
+    sim_kwargs.setdefault("bookmark_interval_s", 0.25)
     async with running_simulator(**sim_kwargs) as (sim, sim_url):
         if prepare is not None:
             prepare(sim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,23 @@ from watchgw.config import ConfigError, config_from_mapping, load_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_example_config_loads_with_documented_values() -> None:
-    config = load_config(ROOT / "config" / "watchgw.toml")
+EXAMPLE = ROOT / "config" / "watchgw.toml"
+EXAMPLE_TOKEN_FILE = "/run/credentials/watchgw.service/token"
+
+
+def example_with_token_file(tmp_path: Path) -> Path:
+    """The example file, with its token file (a systemd credential) pointing at one that exists."""
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    copy = tmp_path / "watchgw.toml"
+    text = EXAMPLE.read_text()
+    assert EXAMPLE_TOKEN_FILE in text
+    copy.write_text(text.replace(EXAMPLE_TOKEN_FILE, str(token)))
+    return copy
+
+
+def test_example_config_loads_with_documented_values(tmp_path: Path) -> None:
+    config = load_config(example_with_token_file(tmp_path))
     assert config.server.port == 8080
     assert config.server.stats is False
     assert config.limits.grace_period_s == 10
@@ -72,32 +88,91 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
 
 
+PATH_KEYS = ["ca_file", "client_cert", "client_key", "token_file"]
+
+
+def write_config(tmp_path: Path, key: str, value: Path) -> Path:
+    upstream = {key: str(value)}
+    if key in ("client_cert", "client_key"):
+        pem = tmp_path / "pair.pem"
+        pem.write_text("")
+        upstream = {"client_cert": str(pem), "client_key": str(pem), key: str(value)}
+    path = tmp_path / "gw.toml"
+    lines = ['url = "https://x"', *(f'{k} = "{v}"' for k, v in upstream.items())]
+    path.write_text("[upstream]\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("key", PATH_KEYS)
+def test_missing_upstream_files_are_named(tmp_path: Path, key: str) -> None:
+    missing = tmp_path / "nowhere" / "file.pem"
+    path = write_config(tmp_path, key, missing)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert f"upstream.{key}" in text
+    assert str(missing) in text
+    assert "not found" in text
+    assert str(path) in text
+
+
+@pytest.mark.parametrize("key", PATH_KEYS)
+def test_unreadable_upstream_files_are_named(tmp_path: Path, key: str) -> None:
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, key, directory))
+    assert f"upstream.{key}" in str(caught.value)
+    assert str(directory) in str(caught.value)
+    assert "cannot be read" in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_file_without_read_permission_is_named(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("t")
+    secret.chmod(0)
+    with pytest.raises(ConfigError, match=r"upstream\.token_file"):
+        load_config(write_config(tmp_path, "token_file", secret))
+
+
+def test_files_are_checked_when_loading_a_file_not_when_building_in_code(tmp_path: Path) -> None:
+    # Tests and the demo build configs in code, pointing at files they create later (or never use).
+    config = config_from_mapping({"upstream": {"url": "https://x", "ca_file": str(tmp_path / "later.pem")}})
+    assert config.upstream.ca_file == str(tmp_path / "later.pem")
+    readable = tmp_path / "ca.pem"
+    readable.write_text("")
+    assert load_config(write_config(tmp_path, "ca_file", readable)).upstream.ca_file == str(readable)
+
+
 def test_token_from_environment() -> None:
     config = config_from_mapping({"upstream": {"url": "http://x"}}, env={"WATCHGW_UPSTREAM_TOKEN": "s3cr3t"})
     assert config.upstream.token == "s3cr3t"
 
 
-def test_check_config_command(tmp_path: Path) -> None:
-    good = subprocess.run(
-        [sys.executable, "-m", "watchgw", "check-config", "--config", str(ROOT / "config" / "watchgw.toml")],
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watchgw", "check-config", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = check_config(example_with_token_file(tmp_path))
     assert good.returncode == 0, good.stderr
     bad_file = tmp_path / "bad.toml"
     bad_file.write_text('[upstream]\nurl = "http://x"\n[server]\nprot = 1\n')
-    bad = subprocess.run(
-        [sys.executable, "-m", "watchgw", "check-config", "--config", str(bad_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = check_config(bad_file)
     assert bad.returncode == 1
     assert "server.prot" in bad.stderr
     assert str(bad_file) in bad.stderr
+    missing_ca = tmp_path / "missing-ca.pem"
+    no_ca = check_config(write_config(tmp_path, "ca_file", missing_ca))
+    assert no_ca.returncode == 1
+    assert f"upstream.ca_file {missing_ca}" in no_ca.stderr
 
 
 def test_version_command() -> None:

@@ -3,12 +3,18 @@
 Every key is optional except ``upstream.url``. An unknown key, a wrong type or an impossible value
 raises :class:`ConfigError` naming the key (``limits.max_clients``) and the file, so an operator
 never has to guess which line is wrong. Each field documents its unit and why its default.
+
+:func:`load_config` (``check-config``, ``serve``, SIGHUP) also checks that the files named by
+``upstream.ca_file``, ``client_cert``, ``client_key`` and ``token_file`` exist and can be read, so
+a typo fails at start rather than as a ``watch-error`` on every channel. :func:`config_from_mapping`
+does not: configs built in code (tests, the demo) may name files that are written later.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -62,13 +68,15 @@ class UpstreamConfig:
     """Minimum server-side watch duration; each watch asks for a random value in [t, 2t] like
     client-go, so many channels do not all reconnect in the same second."""
     inactivity_timeout_s: float = 70.0
-    """A watch that sends nothing (not even a BOOKMARK, every ~60 s) for this long is restarted."""
+    """A watch that sends no complete event or BOOKMARK (servers send one every ~60 s) for this
+    long is resumed; bytes that never finish a line do not count. Twice in a row is a watch-error."""
     list_page_size: int = 500
     """``limit`` of each LIST page: bounds the memory of one response on large collections."""
     backoff_initial_s: float = 0.8
     backoff_max_s: float = 30.0
     backoff_reset_s: float = 60.0
-    """A watch healthy for this long resets the backoff to its initial value."""
+    """Watches healthy for this long end a failure streak: the backoff starts again from
+    ``backoff_initial_s`` and the next single cut is retried without a watch-error."""
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
     """Total timeout of a non-streaming request (LIST page, access review)."""
@@ -138,9 +146,44 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return config_from_mapping(raw, env=os.environ)
+        config = config_from_mapping(raw, env=os.environ)
+        check_files(config)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return config
+
+
+#: Upstream settings that name a file the gateway reads.
+UPSTREAM_FILE_KEYS = ("ca_file", "client_cert", "client_key", "token_file")
+
+
+def file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be read as a file (``"file not found"``, ``"cannot be read: ..."``),
+    or ``None`` when it can. Opens it (and reads nothing): only that answers for permissions,
+    ACLs and mandatory access control alike."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return "cannot be read: it is a directory"
+        if not stat.S_ISREG(st.st_mode):
+            return "cannot be read: not a regular file"  # a FIFO would block the open below
+        with open(path, "rb"):
+            return None
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or type(exc).__name__}"
+
+
+def check_files(config: Config) -> None:
+    """Each file named by the upstream settings exists and can be read; :class:`ConfigError`
+    naming the key and the path otherwise."""
+    for key in UPSTREAM_FILE_KEYS:
+        path = getattr(config.upstream, key)
+        if path:
+            problem = file_problem(path)
+            if problem is not None:
+                raise ConfigError(f"upstream.{key} {path}: {problem}")
 
 
 def config_from_mapping(raw: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Config:

@@ -1,6 +1,7 @@
 """A small scripted Kubernetes API server (aiohttp) for stream-shape tests of the informer.
 
-Each watch request takes the next script from ``watch_scripts`` (default: stall until teardown);
+Each watch request takes the next script from ``watch_scripts`` (then ``default_watch``, which
+stalls until teardown unless a test sets another);
 each LIST takes the next from ``list_scripts`` (default: ``items`` at ``list_rv``). Requests are
 recorded with their query and the loop time, so tests await conditions instead of sleeping.
 """
@@ -51,6 +52,7 @@ class FakeAPI:
         self.list_rv = "1"
         self.list_scripts: list[Script] = []
         self.watch_scripts: list[Script] = []
+        self.default_watch: Script | None = None
         self.list_requests: list[dict[str, str]] = []
         self.watch_requests: list[dict[str, str]] = []
         self.request_times: list[float] = []
@@ -74,7 +76,10 @@ class FakeAPI:
         if query.get("watch") == "true":
             assert request.query.getall("watch") == ["true"]  # each parameter exactly once
             self.watch_requests.append(query)
-            script = self.watch_scripts.pop(0) if self.watch_scripts else self.stall()
+            if self.watch_scripts:
+                script = self.watch_scripts.pop(0)
+            else:
+                script = self.default_watch if self.default_watch is not None else self.stall()
         else:
             self.list_requests.append(query)
             script = self.list_scripts.pop(0) if self.list_scripts else self._list
@@ -93,8 +98,11 @@ class FakeAPI:
 
     # -- scripts -----------------------------------------------------------------------------
 
-    def stream(self, *chunks: bytes, then: str = "end", chunk_size: int | None = None) -> Script:
-        """200, ``chunks`` written one by one (re-cut to ``chunk_size``), then end/stall/cut."""
+    def stream(
+        self, *chunks: bytes, then: str = "end", chunk_size: int | None = None, hold_s: float = 0.0
+    ) -> Script:
+        """200, ``chunks`` written one by one (re-cut to ``chunk_size``), ``hold_s`` of silence,
+        then end/stall/cut."""
 
         async def script(request: web.Request) -> web.StreamResponse:
             resp = web.StreamResponse()
@@ -108,6 +116,8 @@ class FakeAPI:
             )
             for part in parts:
                 await resp.write(part)
+            if hold_s:
+                await asyncio.sleep(hold_s)  # the upstream's own pacing: a healthy, quiet watch
             if then == "stall":
                 await self.release.wait()
             elif then == "cut":
@@ -122,10 +132,36 @@ class FakeAPI:
     def stall(self) -> Script:
         return self.stream(then="stall")
 
+    def drip(self, head: bytes, *, every_s: float = 0.01) -> Script:
+        """200, ``head``, then one space every ``every_s`` forever: bytes flow, no line completes."""
+
+        async def script(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse()
+            resp.content_type = "application/json"
+            await resp.prepare(request)
+            await resp.write(head)
+            try:
+                while not self.release.is_set():
+                    await asyncio.sleep(every_s)
+                    await resp.write(b" ")
+            except ConnectionError:
+                pass  # the client gave up on us: what the test waits for
+            return resp
+
+        return script
+
     def error(self, code: int, body: Any = None, headers: dict[str, str] | None = None) -> Script:
         async def script(request: web.Request) -> web.StreamResponse:
             payload = body if body is not None else status(code, "Err")
             return web.json_response(payload, status=code, headers=headers)
+
+        return script
+
+    def raw(self, body: bytes, status: int = 200) -> Script:
+        """``body`` exactly as given (what ``json.dumps`` cannot write: ``1e999``, ``NaN``, bad UTF-8)."""
+
+        async def script(request: web.Request) -> web.StreamResponse:
+            return web.Response(body=body, status=status, content_type="application/json")
 
         return script
 

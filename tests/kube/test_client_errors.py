@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import parse_qsl
 
@@ -35,9 +36,9 @@ async def client() -> AsyncIterator[KubeClient]:
         yield c
 
 
-async def collect(client: KubeClient, rv: str = "1") -> list[WatchEvent]:
+async def collect(client: KubeClient, rv: str = "1", token: str | None = None) -> list[WatchEvent]:
     out: list[WatchEvent] = []
-    async for batch in client.watch(TARGET, resource_version=rv, timeout_s=5):
+    async for batch in client.watch(TARGET, resource_version=rv, timeout_s=5, token=token):
         out.extend(batch)
     return out
 
@@ -116,7 +117,19 @@ async def test_list_malformed_json(mocked: aioresponses, client: KubeClient) -> 
 
 @pytest.mark.parametrize(
     "payload",
-    [[1, 2], {"items": "nope", "metadata": {"resourceVersion": "1"}}, {"items": [1]}, {"items": []}],
+    [
+        [1, 2],
+        {"items": "nope", "metadata": {"resourceVersion": "1"}},
+        {"items": [1]},
+        {"items": []},
+        {"items": [], "metadata": {"resourceVersion": "1", "continue": 5}},
+        {"items": [], "metadata": {"resourceVersion": "v1"}},
+        {"items": [{"metadata": {"name": "a", "resourceVersion": 7}}], "metadata": {"resourceVersion": "1"}},
+        {
+            "items": [{"metadata": {"name": "a", "resourceVersion": "x"}}],
+            "metadata": {"resourceVersion": "1"},
+        },
+    ],
 )
 async def test_list_unexpected_shape(mocked: aioresponses, client: KubeClient, payload: object) -> None:
     mocked.get(PODS, status=200, body=ujson.dumps(payload))
@@ -130,6 +143,29 @@ async def test_connection_error(mocked: aioresponses, client: KubeClient) -> Non
         await client.list_all(TARGET)
     assert info.value.status == 503
     assert isinstance(info.value.__cause__, aiohttp.ClientConnectionError)
+
+
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), "ConnectionFailed"),
+        (OSError(113, "No route to host"), "ConnectionFailed"),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "TLSError"),
+    ],
+)
+async def test_os_errors_aiohttp_does_not_wrap_are_connection_errors(
+    mocked: aioresponses, client: KubeClient, raised: OSError, reason: str
+) -> None:
+    mocked.get(PODS, exception=raised)
+    mocked.get(PODS, exception=raised)
+    with pytest.raises(e.UpstreamConnectionError) as listing:
+        await client.list_all(TARGET)
+    with pytest.raises(e.UpstreamConnectionError) as watching:
+        await collect(client)
+    for info in (listing, watching):
+        assert (info.value.status, info.value.reason) == (503, reason)
+        assert type(raised).__name__ in info.value.message
+        assert info.value.__cause__ is raised
 
 
 async def test_timeout_is_connection_error(mocked: aioresponses, client: KubeClient) -> None:
@@ -175,12 +211,28 @@ async def test_watch_error_event_not_status(mocked: aioresponses, client: KubeCl
         '{"type":"ADDED"}',
         '{"type":"ADDED","object":{"metadata":"x"}}',
         '{"type":"ADDED","object":{"metadata":{"name":"a"}}}',
+        '{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":""}}}',
+        '{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"0x1f"}}}',
+        '{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"' + "1" * 40 + '"}}}',
     ],
 )
 async def test_watch_malformed_lines(mocked: aioresponses, client: KubeClient, bad_line: str) -> None:
     mocked.get(PODS, status=200, body=bad_line + "\n")
     with pytest.raises(e.MalformedResponseError):
         await collect(client)
+
+
+async def test_error_text_echoing_the_token_is_redacted(mocked: aioresponses, client: KubeClient) -> None:
+    echoed = "invalid header Authorization: Bearer secret-token; also secret-token"
+    mocked.get(PODS, status=401, payload=status(401, "Unauthorized", echoed))
+    mocked.get(PODS, status=403, body="no access for user-token\x00", content_type="text/plain")
+    with pytest.raises(e.UnauthorizedError) as gateway:
+        await client.list_all(TARGET)
+    with pytest.raises(e.ForbiddenError) as subscriber:
+        await collect(client, token="user-token")
+    assert "secret-token" not in str(gateway.value)
+    assert gateway.value.message.count("[redacted]") == 2
+    assert subscriber.value.message == "no access for [redacted]"
 
 
 async def test_watch_unknown_type_skipped(mocked: aioresponses, client: KubeClient) -> None:

@@ -23,7 +23,7 @@ from watchgw.kube.informer import Informer
 from watchgw.kube.types import InformerPhase, WatchTarget
 from watchgw.sim import Fault, running_simulator
 
-from .test_informer import Recorder
+from .informer_harness import Recorder
 
 SEEDS = range(24)
 FAULTS = ["cut", "gone", "gone_http", "stall", "error500", "too_many", "compact", "cut_watches"]

@@ -14,6 +14,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from watchgw.config import UpstreamConfig
 from watchgw.kube.client import KubeClient
 from watchgw.kube.credentials import Credentials, build_ssl_context
+from watchgw.kube.errors import CredentialError
 from watchgw.kube.types import WatchTarget
 
 TARGET = WatchTarget("api/v1/pods")
@@ -129,5 +130,17 @@ def test_tls_settings(tmp_path: Path) -> None:
     assert not insecure.check_hostname
     secure = build_ssl_context(UpstreamConfig(url="https://x"))
     assert secure.verify_mode == ssl.CERT_REQUIRED
-    with pytest.raises(FileNotFoundError):
-        build_ssl_context(UpstreamConfig(url="https://x", ca_file=str(tmp_path / "missing.pem")))
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(CredentialError) as caught:
+        build_ssl_context(UpstreamConfig(url="https://x", ca_file=str(missing)))
+    assert caught.value.reason == "TLSConfigError"
+    assert f"upstream.ca_file {missing}" in caught.value.message
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+    not_a_cert = tmp_path / "client.crt"
+    not_a_cert.write_text("not a certificate")
+    with pytest.raises(CredentialError) as caught:
+        build_ssl_context(
+            UpstreamConfig(url="https://x", client_cert=str(not_a_cert), client_key=str(not_a_cert))
+        )
+    assert "upstream.client_cert" in caught.value.message
+    assert str(not_a_cert) in caught.value.message

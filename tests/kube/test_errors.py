@@ -44,6 +44,33 @@ def test_message_truncated_and_flattened() -> None:
     assert "\n" not in e.truncate("a\nb\rc")
 
 
+def test_message_bounded_in_bytes_and_printable() -> None:
+    err = e.error_for_status(500, message="\x1b[1m" + "€" * 300 + "\u2028\x00tail")
+    assert err.message.isprintable()
+    assert len(err.message.encode()) <= e.MAX_MESSAGE_BYTES
+    assert err.message.endswith("...")
+    assert e.truncate("a\tb\x00c\ud800d") == "a bcd"
+
+
+def test_reason_short_and_printable() -> None:
+    err = e.error_for_status(500, reason="Bad\nReason\x00" + "x" * 500)
+    assert err.reason.startswith("BadReason")
+    assert err.reason.isprintable()
+    assert len(err.reason) <= e.MAX_REASON_CHARS
+
+
+def test_credentials_in_upstream_text_are_redacted() -> None:
+    err = e.error_for_status(
+        401, reason="Bearer abc.def", message='header "Authorization: Basic Zm9vOmJhcg==", token s3cr3t-xyz'
+    )
+    assert "abc.def" not in err.reason
+    assert "Zm9vOmJhcg" not in err.message
+    err.redact(["s3cr3t-xyz", "", None])
+    assert err.message == 'header "Authorization: [redacted]", token [redacted]'
+    assert "s3cr3t" not in str(err)
+    assert "s3cr3t" not in repr(err)
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [(None, None), ("3", 3.0), (" 1.5 ", 1.5), ("-1", None), ("soon", None), ("nan", None), ("inf", None)],

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import random
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -17,96 +14,12 @@ from watchgw.config import UpstreamConfig
 from watchgw.kube.client import KubeClient
 from watchgw.kube.credentials import Credentials
 from watchgw.kube.informer import Informer
-from watchgw.kube.types import InformerPhase, InformerState, WatchEvent, WatchTarget
+from watchgw.kube.types import InformerPhase, InformerState
 
 from .fakeapi import FakeAPI, bookmark, line, pod, status
+from .informer_harness import TARGET, Recorder, TopOfRange, running
 
-TARGET = WatchTarget("api/v1/pods", namespace="default")
 MiB = 1024 * 1024
-
-
-class Recorder:
-    """An InformerListener that records, and lets tests await a condition."""
-
-    def __init__(self) -> None:
-        self.events: list[WatchEvent] = []
-        self.states: list[InformerState] = []
-        self.changed = asyncio.Event()
-
-    def on_events(self, events: list[WatchEvent]) -> None:
-        self.events.extend(events)
-        self.changed.set()
-
-    def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
-        self.on_events(events)
-
-    def on_state(self, state: InformerState) -> None:
-        self.states.append(state)
-        self.changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-
-    def phases(self) -> list[InformerPhase]:
-        return [s.phase for s in self.states]
-
-    def applied(self) -> dict[str, str]:
-        """The events applied in order from an empty map: key -> resourceVersion."""
-        state: dict[str, str] = {}
-        for ev in self.events:
-            if ev.type == "DELETED":
-                state.pop(ev.key, None)
-            elif ev.type != "BOOKMARK":
-                state[ev.key] = ev.resource_version
-        return state
-
-
-@dataclasses.dataclass
-class Harness:
-    fake: FakeAPI
-    rec: Recorder
-    informer: Informer
-    client: KubeClient
-    task: asyncio.Task[None]
-
-    def cache(self) -> dict[str, str]:
-        return {k: ev.resource_version for k, ev in self.informer.objects.items()}
-
-
-@pytest.fixture
-async def fake(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[FakeAPI, str]]:
-    api = FakeAPI()
-    server = await aiohttp_server(api.app(), host="127.0.0.1")
-    yield api, str(server.make_url("")).rstrip("/")
-    api.release.set()
-
-
-@contextlib.asynccontextmanager
-async def running(fake: tuple[FakeAPI, str], **overrides: Any) -> AsyncIterator[Harness]:
-    api, url = fake
-    settings: dict[str, Any] = {
-        "url": url,
-        "backoff_initial_s": 0.01,
-        "backoff_max_s": 0.05,
-        "inactivity_timeout_s": 5.0,
-        "watch_timeout_s": 60.0,
-        **overrides,
-    }
-    config = UpstreamConfig(**settings)
-    rec = Recorder()
-    async with KubeClient(config) as client:
-        informer = Informer(target=TARGET, client=client, config=config, listener=rec, rng=random.Random(1))
-        task = asyncio.create_task(informer.run())
-        try:
-            yield Harness(api, rec, informer, client, task)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            api.release.set()
 
 
 async def test_first_list_then_watch(fake: tuple[FakeAPI, str]) -> None:
@@ -379,21 +292,19 @@ async def test_token_provider_is_used(fake: tuple[FakeAPI, str], aiohttp_server:
     assert seen == ["Bearer sub"]
 
 
-class _Top(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
 async def test_backoff_full_jitter_doubles_caps_and_resets() -> None:
     config = UpstreamConfig(url="http://x", backoff_initial_s=0.8, backoff_max_s=30, backoff_reset_s=60)
     informer = Informer(
-        target=TARGET, client=KubeClient(config), config=config, listener=Recorder(), rng=_Top()
+        target=TARGET, client=KubeClient(config), config=config, listener=Recorder(), rng=TopOfRange()
     )
     informer._loop = asyncio.get_running_loop()
-    ceilings = [informer._next_backoff() for _ in range(8)]
+    ceilings = [informer._backoff(informer._count_failure()) for _ in range(8)]
     assert ceilings == [0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30]
-    informer._healthy_since = informer._now() - 61
-    assert informer._next_backoff() == 0.8
+    informer._healthy_since = informer._now() - 61  # watches healthy for longer than backoff_reset_s
+    assert informer._count_failure() == 0
     informer._healthy_since = informer._now() - 1
-    assert informer._next_backoff() == 1.6
+    assert informer._count_failure() == 1
+    # A silent watch was healthy only until its last line, however long ago it was accepted.
+    informer._healthy_since = informer._now() - 100
+    assert informer._count_failure(healthy_until=informer._healthy_since + 5) == 2
     await informer._client.close()

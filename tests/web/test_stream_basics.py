@@ -12,7 +12,7 @@ async def test_subscribe_snapshot_then_live_events(gateway: Gateway) -> None:
     client = await gateway.client()
     assert client.connected == {"clientId": client.client_id, "resumed": False}
     channel = await client.subscribe(**SECRETS)
-    assert channel == "api/v1/secrets::proj-abc:default:::"
+    assert channel == "api/v1/secrets::proj-abc:default::::"
     upstream = gateway.upstreams.for_key(channel)
     upstream.listed(make_object("a", rv=5), make_object("b", rv=6), rv=7)
     await client.wait_synced(channel)

@@ -214,7 +214,7 @@ async def test_stats_in_the_seed_shape(gateway: Gateway) -> None:
         stats = await response.json()
     assert stats["clients"] == 2
     assert stats["upstreams"] == 2
-    assert stats["subscriptions"] == {channel: 2, "api/v1/configmaps::::::": 1}
+    assert stats["subscriptions"] == {channel: 2, "api/v1/configmaps:::::::": 1}
 
 
 async def test_stats_and_metrics_are_404_unless_enabled(gateway_factory: Callable[..., Any]) -> None:

@@ -81,6 +81,10 @@ class WatchClient:
         self._response: aiohttp.ClientResponse | None = None
         self.subscriptions: dict[str, dict[str, Any]] = {}
         """Channel -> the fields it was subscribed with (for resubscribe)."""
+        self._held_by_server: set[str] = set()
+        """Channels subscribed on the server's side of this session (none after a fresh start)."""
+        self.key_segments = 8
+        """The server's channel key format, learned from its answers (8, or 7 for old servers)."""
         self._reading = asyncio.Event()
         self._reading.set()
         self.stream_ended = asyncio.Event()
@@ -130,6 +134,7 @@ class WatchClient:
             # The server holds no subscriptions for us any more. What we hold stays, so that
             # resubscribe() can ask for only what is newer than each channel's resourceVersion.
             self.synced.clear()
+            self._held_by_server.clear()
         return self.connected
 
     async def reconnect(self) -> dict[str, Any]:
@@ -218,6 +223,7 @@ class WatchClient:
             self.state.setdefault(channel, {})
             self.unsubscribed.pop(channel, None)
         elif kind == "unsubscribed":
+            self._held_by_server.discard(channel)
             self.state.pop(channel, None)
             if data.get("reason") != "client":
                 self.subscriptions.pop(channel, None)  # forbidden or gone: nothing to resubscribe
@@ -247,24 +253,32 @@ class WatchClient:
         snapshot follows), with one the local state is kept and only what is newer arrives."""
         body = {"clientId": self.client_id, **fields}
         channel_fields = {k: v for k, v in fields.items() if k not in ("resourceVersion", "snapshot")}
-        if not fields.get("resourceVersion"):
-            with contextlib.suppress(InvalidField):
-                key = channel_key(target_from_fields(channel_fields))
-                if key not in self.subscriptions:  # held already: the server sends nothing new
-                    # Cleared before the request: the snapshot may arrive before its answer.
-                    self.state[key] = {}
-                    self.synced.discard(key)
-                    self.resource_versions.pop(key, None)
+        with contextlib.suppress(InvalidField):
+            key = channel_key(target_from_fields(channel_fields), segments=self.key_segments)
+            # Before the request: what it causes may arrive before its answer.
+            if key in self._held_by_server:
+                pass  # held already: the server sends nothing new
+            elif not fields.get("resourceVersion"):
+                self.state[key] = {}
+                self.synced.discard(key)
+                self.resource_versions.pop(key, None)
+            else:
+                # Older events may be replayed onto what we hold: until ``synced``, our state is
+                # only as good as the version we asked from.
+                self.resource_versions[key] = str(fields["resourceVersion"])
         async with self.session.post(self._url("subscribe"), json=body, headers=self.headers) as response:
             if response.status != 200:
                 raise await _error_of(response)
             data = await response.json()
         channel: str = data["channel"]
+        self.key_segments = channel.count(":") + 1
         self.subscriptions[channel] = channel_fields
+        self._held_by_server.add(channel)
         return channel
 
     async def unsubscribe(self, channel: str) -> None:
         self.subscriptions.pop(channel, None)
+        self._held_by_server.discard(channel)
         body = {"clientId": self.client_id, "channel": channel}
         async with self.session.post(self._url("unsubscribe"), json=body, headers=self.headers) as response:
             if response.status != 200:

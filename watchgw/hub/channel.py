@@ -89,6 +89,13 @@ class Channel:
         """Sessions that receive every event as it happens."""
         self.waiting: dict[Session, bool] = {}
         """Sessions that joined before the first sync, with whether they want the snapshot."""
+        self.parked: dict[Session, None] = {}
+        """Sessions that held the channel when their client started over (a stream without
+        ``Last-Event-ID``): they receive nothing, but keep the channel and its tombstones for
+        when the client subscribes again (within ``session_ttl_s``)."""
+        self.tombstones: deque[tuple[ObjectKey, bytes]] = deque()
+        """(key, last known object) of the latest deletions, at most ``history_limit``: what a
+        client that never clears its state may still hold when it comes back."""
         self.synced = False
         self.phase = InformerPhase.LISTING
         self.error_frame: Frame | None = None
@@ -115,7 +122,8 @@ class Channel:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self.subscribers) + len(self.waiting)
+        """Sessions holding the channel (parked ones too: they may come back)."""
+        return len(self.subscribers) + len(self.waiting) + len(self.parked)
 
     def restart_upstream(self) -> None:
         """The informer died of a bug: start a fresh one; subscribers get ``resync`` + snapshot."""
@@ -172,7 +180,15 @@ class Channel:
             frame = self._frame_of(event, self.rv)
             frames.append(frame)
             history.append((end, frame))
+            if event.type == "DELETED":
+                self._bury(event)
         self._fan_out(frames)
+
+    def _bury(self, event: WatchEvent) -> None:
+        tombstones = self.tombstones
+        tombstones.append((event.key, event.object_json))
+        if len(tombstones) > self.history_limit:
+            tombstones.popleft()
 
     def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
         """A relist's difference: consistent only once every event of it is applied."""
@@ -189,6 +205,9 @@ class Channel:
             return
         frames = [self._frame_of(event, before) for event in events[:-1]]
         frames.append(self._frame_of(events[-1], self.rv))
+        for event in events:
+            if event.type == "DELETED":
+                self._bury(event)
         self.history.extend((end, frame) for frame in frames)
         self._fan_out(frames)
 
@@ -248,6 +267,7 @@ class Channel:
                 session.push(frame)
             self.subscribers.clear()
             self.waiting.clear()
+            self.parked.clear()
             self._on_gone(self)
 
     def _first_sync(self) -> None:
@@ -269,14 +289,20 @@ class Channel:
         """A control frame of this channel made for one session (not kept for replay)."""
         return self._frames.event(event, {"channel": self.key, **data}, channel=self.key, snapshot=True)
 
-    def _snapshot_frames(self, *, resync: str | None = None) -> list[Frame]:
+    def _snapshot_frames(self, *, resync: str | None = None, stale: bool = False) -> list[Frame]:
         """``resync`` (when a reason is given), every object as ADDED, then ``synced``: frames
         made in the order they are sent, so their ids increase. The objects carry no position:
-        only ``synced`` marks a complete state."""
+        only ``synced`` marks a complete state.
+
+        ``stale``: the client may still hold objects of this channel from before (it may ignore
+        ``resync`` and never clear its state, as the portal's client does), so a DELETED follows
+        for every recently deleted object that is gone (from :attr:`tombstones`; possibly one the
+        client never had, which is harmless)."""
         frames = self._frames
         out = []
         if resync is not None:
             out.append(self._control("resync", reason=resync))
+            stale = True
         out += [
             frames.watch(
                 channel_json=self.key_json,
@@ -289,7 +315,30 @@ class Channel:
             )
             for key, event in self.upstream.objects.items()
         ]
+        if stale:
+            out += self._deletions()
         out.append(self._control("synced", resourceVersion=self.rv))
+        return out
+
+    def _deletions(self) -> list[Frame]:
+        objects = self.upstream.objects
+        done: set[ObjectKey] = set()
+        out = []
+        for key, object_json in reversed(self.tombstones):
+            if key in objects or key in done:
+                continue
+            done.add(key)
+            out.append(
+                self._frames.watch(
+                    channel_json=self.key_json,
+                    channel=self.key,
+                    type="DELETED",
+                    key=key,
+                    object_json=object_json,
+                    resource_version="",
+                    snapshot=True,
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ subscribers
@@ -297,6 +346,7 @@ class Channel:
         """Add a subscriber; everything it needs comes from the channel's cache and history.
 
         ``resource_version`` must be ASCII digits (the web layer refuses anything else)."""
+        came_back = self.parked.pop(session, None) is not None or self.key in session.released
         session.joined(self)
         session.push(self._control("subscribed"))
         if self.error_frame is not None:
@@ -313,7 +363,9 @@ class Channel:
                 catch_up.append(self._control("synced", resourceVersion=self.rv))
                 session.push_many(catch_up)
             else:
-                session.push_many(self._snapshot_frames(resync="expired" if resource_version else None))
+                session.push_many(
+                    self._snapshot_frames(resync="expired" if resource_version else None, stale=came_back)
+                )
         self.subscribers[session] = None
 
     def _catch_up(self, since: int) -> list[Frame] | None:
@@ -325,6 +377,15 @@ class Channel:
             return None
         reissue = self._frames.reissue
         return [reissue(frame, snapshot=True) for end, frame in self.history if end >= since]
+
+    def park(self, session: Session) -> None:
+        """``session``'s client started over: keep the channel for it until it subscribes again
+        (:meth:`join`) or the session ends (:meth:`unpark`)."""
+        self.leave(session, "client")
+        self.parked[session] = None
+
+    def unpark(self, session: Session) -> bool:
+        return self.parked.pop(session, None) is not None
 
     def leave(self, session: Session, reason: str) -> bool:
         """Remove a subscriber; True when it was one."""

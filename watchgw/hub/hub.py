@@ -95,7 +95,7 @@ class WatchHub:
             if last_event_id is not None and session.can_resume(last_event_id):
                 return StreamGrant(session, resumed=True)
             # No Last-Event-ID (or one it cannot serve exactly): the client starts over.
-            self._release_subscriptions(session)
+            self._park_subscriptions(session)
             session.reset()
             return StreamGrant(session, resumed=False)
         if len(self.sessions) >= self.limits.max_clients:
@@ -146,6 +146,8 @@ class WatchHub:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self._release_subscriptions(session)
+        for key in list(session.released):
+            self._unpark(session, key)
         self.retired["coalesced"] += session.coalesced
         self.retired["resyncs"] += session.resyncs
         session.close()
@@ -221,6 +223,8 @@ class WatchHub:
     def unsubscribe(self, session: Session, key: str, *, reason: str = "client", notify: bool = True) -> None:
         held = session.channels.get(key)
         if held is None:
+            if key in session.released:
+                self._unpark(session, key)
             return
         held.leave(session, reason)
         if notify:
@@ -232,6 +236,25 @@ class WatchHub:
     def _release_subscriptions(self, session: Session) -> None:
         for key in list(session.channels):
             self.unsubscribe(session, key, notify=False)
+
+    def _park_subscriptions(self, session: Session) -> None:
+        """The client starts over but may still hold what it had: each channel it held waits
+        for it (see :meth:`Channel.park`) until it subscribes again or the session ends."""
+        for key in list(session.channels):
+            channel = self.channels.get(key)
+            if channel is None or session.channels.get(key) is not channel:
+                self.unsubscribe(session, key, notify=False)
+                continue
+            channel.park(session)
+            session.released[key] = None
+        while len(session.released) > self.limits.max_subscriptions_per_client:
+            self._unpark(session, next(iter(session.released)))  # the oldest: bounded per session
+
+    def _unpark(self, session: Session, key: str) -> None:
+        session.released.pop(key, None)
+        channel = self.channels.get(key)
+        if channel is not None and channel.unpark(session):
+            self._maybe_idle(channel)
 
     def _maybe_idle(self, channel: Channel) -> None:
         if channel.subscriber_count or self.channels.get(channel.key) is not channel:

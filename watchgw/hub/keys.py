@@ -1,8 +1,12 @@
 """Channel fields: validation (PROTOCOL.md section 2) and the channel key.
 
-The key is ``<resourceType>:<orgId>:<projectId>:<namespace>:<name>:<labelSelector>:<fieldSelector>``
-with ``%`` and ``:`` percent-encoded in every field after ``resourceType`` (which cannot contain
-either), so a key always splits back into the same seven fields.
+The key is ``<resourceType>:<orgId>:<projectId>:<namespace>:<name>:<labelSelector>:<fieldSelector>:<scope>``
+where ``<scope>`` is ``user`` for a user-scoped channel and empty otherwise (the portal's client
+computes exactly this key and drops events whose ``channel`` differs). The original document's
+seven-segment key (without ``<scope>``) is kept for clients built on it: ``key_segments = 7``.
+``%`` and ``:`` are percent-encoded in every field after ``resourceType`` (which cannot contain
+either), so a key always splits back into the same fields; values without them (every value the
+portal sends) appear as they are.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ CHANNEL_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: The eighth segment of a user-scoped channel's key.
+USER_SCOPE = "user"
+
+
 class InvalidField(ValueError):
     """A channel field breaks its rule; ``field`` is the body field's name."""
 
@@ -56,19 +64,32 @@ def _unescape(value: str) -> str:
     return value.replace("%3A", ":").replace("%3a", ":").replace("%25", "%")
 
 
-def channel_key(target: WatchTarget) -> str:
-    """The channel key of a validated target."""
-    return ":".join(
-        [target.resource_type] + [_escape(getattr(target, attr)) for _field, attr in CHANNEL_FIELDS[1:]]
-    )
+def channel_key(target: WatchTarget, *, segments: int = 8) -> str:
+    """The channel key of a validated target, with ``segments`` (8, or the document's 7)."""
+    parts = [target.resource_type] + [_escape(getattr(target, attr)) for _field, attr in CHANNEL_FIELDS[1:]]
+    if segments == 8:
+        parts.append(USER_SCOPE if target.user_scoped else "")
+    elif target.user_scoped:
+        raise InvalidField("userScoped", "needs the eight-segment channel keys (server.key_segments = 8)")
+    return ":".join(parts)
 
 
 def parse_channel_key(key: str) -> WatchTarget:
-    """Split a key back into its (validated) target; :class:`InvalidField` names ``channel``."""
+    """Split a key (seven or eight segments) back into its validated target; :class:`InvalidField`
+    names ``channel``."""
     parts = key.split(":")
-    if len(parts) != len(CHANNEL_FIELDS):
-        raise InvalidField("channel", f"a channel key has {len(CHANNEL_FIELDS)} fields separated by ':'")
-    raw = {field: _unescape(part) for (field, _attr), part in zip(CHANNEL_FIELDS, parts, strict=True)}
+    if len(parts) == len(CHANNEL_FIELDS) + 1:
+        scope = parts.pop()
+        if scope not in ("", USER_SCOPE):
+            raise InvalidField("channel", f"the eighth segment of a channel key is '{USER_SCOPE}' or empty")
+    elif len(parts) == len(CHANNEL_FIELDS):
+        scope = ""
+    else:
+        raise InvalidField("channel", "a channel key has 8 (or 7) fields separated by ':'")
+    raw: dict[str, Any] = {
+        field: _unescape(part) for (field, _attr), part in zip(CHANNEL_FIELDS, parts, strict=True)
+    }
+    raw["userScoped"] = scope == USER_SCOPE
     try:
         return target_from_fields(raw)
     except InvalidField as exc:
@@ -107,4 +128,9 @@ def target_from_fields(body: Mapping[str, Any]) -> WatchTarget:
             raise InvalidField(field, f"must be at most {MAX_SELECTOR} characters")
         if not _SELECTOR.fullmatch(selector):
             raise InvalidField(field, "must be printable ASCII (Kubernetes selector syntax)")
-    return WatchTarget(**values)
+    user_scoped = body.get("userScoped")
+    if user_scoped is None:
+        user_scoped = False
+    if not isinstance(user_scoped, bool):
+        raise InvalidField("userScoped", f"must be true or false, not {type(user_scoped).__name__}")
+    return WatchTarget(**values, user_scoped=user_scoped)

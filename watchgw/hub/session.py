@@ -78,6 +78,7 @@ class Session:
         "client_id",
         "closing",
         "identity",
+        "released",
         "removed",
         "resyncs",
         "stream_generation",
@@ -96,6 +97,9 @@ class Session:
         self.resyncs = 0
         self.closing = False
         """Set by a drain: the stream ends once what is queued is written."""
+        self.released: dict[str, None] = {}
+        """Channels held when the client last started over (a stream without ``Last-Event-ID``):
+        it may still hold their objects, so subscribing again gets deletions of what is gone."""
         self.removed = False
         """The hub has ended this session: no stream may attach to it any more."""
         self._chunked = True
@@ -199,6 +203,7 @@ class Session:
 
     def joined(self, channel: Subscription) -> None:
         self.channels[channel.key] = channel
+        self.released.pop(channel.key, None)
         if self._log is not None:
             self._log.rejoined(channel.key)
 

@@ -7,10 +7,31 @@ from the line instead of being encoded again: the API server writes every line a
 has exactly those two keys, ``<obj>`` is ``line[len(prefix):-1]``. Anything else falls back to
 ``ujson.dumps``. Events are yielded in batches (one list per received chunk) because an async
 generator step per event would cost as much as parsing it.
+
+What reaches a frame is valid JSON for a browser, whatever the upstream sent:
+
+- ujson accepts ``NaN``, ``Infinity``, ``1e999`` (a float ``inf``), ``01``, ``1.`` and ``-``;
+  a browser's ``JSON.parse`` refuses most of them and reads ``1e999`` and integers beyond ~1.8e308
+  as ``Infinity``. :func:`may_hold_bad_number` looks for such tokens in the raw line (a few
+  literal-prefixed regex scans; the rules and their limits are next to it); a line it flags is
+  encoded again by :func:`encode_object`, which writes canonical numbers, replaces those that are
+  not finite doubles with ``null`` and logs ``upstream.number_out_of_range`` once per object.
+- A string holding a lone surrogate (``"\\ud800"`` is valid JSON, not valid UTF-8) is written
+  with ``\\u`` escapes; object keys holding one are escaped the same way before they reach a log.
+- Every ``resourceVersion`` (LIST, event, bookmark) must pass
+  :func:`~watchgw.kube.types.is_valid_resource_version`, else the response is malformed.
+
+Transport failures aiohttp does not wrap (a bare ``OSError``, ``ssl.SSLError``) become
+:class:`UpstreamConnectionError` like those it does; every error leaves here with the tokens the
+request used redacted from its text.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import re
+import ssl
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,7 +55,14 @@ from watchgw.kube.errors import (
     truncate,
 )
 from watchgw.kube.ndjson import DEFAULT_MAX_LINE_BYTES, iter_lines
-from watchgw.kube.types import EventType, ObjectKey, WatchEvent, WatchTarget
+from watchgw.kube.types import (
+    MAX_RESOURCE_VERSION_CHARS,
+    EventType,
+    ObjectKey,
+    WatchEvent,
+    WatchTarget,
+    is_valid_resource_version,
+)
 from watchgw.kube.urls import build_query, build_url
 
 log = structlog.get_logger("watchgw.kube")
@@ -56,20 +84,132 @@ _PREFIX_LENGTHS: Final[dict[str, tuple[EventType, bytes, int]]] = {
 }
 
 
-def encode_object(obj: dict[str, Any]) -> bytes:
-    """Compact JSON of ``obj`` for :attr:`WatchEvent.object_json` (no ``\\n``: SSE-safe)."""
-    data: str = ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False)
-    return data.encode()
+# -- numbers a browser cannot take as they are -------------------------------------------------
+#
+# ujson accepts NaN, Infinity, 1e999 (a float inf), 01, 1. and a lone "-"; a browser's JSON.parse
+# refuses all of them but 1e999, which it reads (like integers of 309 digits or more) as Infinity.
+# Encoding an object again costs about as much as parsing it, so a watch line is spliced into the
+# frame as it is unless the scans below flag it. Each pattern starts with a literal, so the regex
+# engine jumps between candidates (a character class first is 5-10 times slower). They look at
+# member values (after '":', with or without whitespace) and, when there is an array that starts
+# with a number, at array elements. Not looked at: a value after whitespace *before* a colon, and
+# an element of an array that starts with something else (mixed arrays); neither is what an API
+# server writes (Go's encoder is compact, Python's puts the space after the colon). A flag only
+# means "encode again": a false alarm costs that encoding and nothing else.
+_AFTER_FIRST_DIGIT = rb"(?:(?<=0)\d|\d{308}|\d*+(?:[eE]|\.(?:\d*+[eE]|(?!\d))))"
+_NUMBER = rb"\d" + _AFTER_FIRST_DIGIT
+#: A value whose first byte may start a number (or NaN, Infinity, whitespace) and that is not a
+#: plain, finite, canonical number.
+_BAD_VALUE: Final = (
+    rb"[-\dIN\s](?:(?<=\d)"
+    + _AFTER_FIRST_DIGIT
+    + rb"|(?<=[IN])|(?<=-)(?:\D|"
+    + _NUMBER
+    + rb")|(?<=\s)\s*+(?:NaN|-?Infinity|-?"
+    + _NUMBER
+    + rb"))"
+)
+_BAD_MEMBER: Final = re.compile(rb'":' + _BAD_VALUE).search
+_NUMBER_ARRAY: Final = re.compile(rb"\[\s*+[-\dIN]").search
+_BAD_FIRST_ELEMENT: Final = re.compile(rb"\[" + _BAD_VALUE).search
+_BAD_NEXT_ELEMENT: Final = re.compile(rb"," + _BAD_VALUE).search
+#: Integers from this magnitude on round to Infinity as a double (what a browser parses them to).
+_DOUBLE_OVERFLOW: Final = 2**1024 - 2**970
+
+
+def may_hold_bad_number(json_text: bytes) -> bool:
+    """Whether ``json_text`` may hold a number a browser cannot take as it is (see above):
+    two scans for a line without an array of numbers, four with one."""
+    if _BAD_MEMBER(json_text) is not None:
+        return True
+    if _NUMBER_ARRAY(json_text) is not None:
+        return _BAD_FIRST_ELEMENT(json_text) is not None or _BAD_NEXT_ELEMENT(json_text) is not None
+    return False
+
+
+def encode_object(obj: dict[str, Any], key: str | None = None) -> bytes:
+    """Compact JSON of ``obj`` for :attr:`WatchEvent.object_json`: UTF-8, no ``\\n`` (SSE-safe),
+    and valid for a browser's ``JSON.parse``.
+
+    Numbers that are not finite doubles are replaced by ``null`` in ``obj`` itself (so the cache
+    and the bytes agree) and logged once, with ``key`` (``object_key(obj)`` when not given).
+    """
+    try:
+        data = _dumps(obj)
+    except OverflowError:  # NaN or +-Infinity
+        data = None
+    if data is None or may_hold_bad_number(data):
+        replaced = replace_non_finite_numbers(obj)
+        if replaced:
+            log.warning(
+                "upstream.number_out_of_range",
+                key=object_key(obj) if key is None else key,
+                replaced=replaced,
+                note="not a finite number: sent as null",
+            )
+            data = _dumps(obj)
+        elif data is None:  # pragma: no cover - ujson raised for a number the walk accepts
+            raise MalformedResponseError("object has a number that cannot be encoded")
+    return data
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    try:
+        text: str = ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False)
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate: valid in JSON as an escape, not in UTF-8. Escape all non-ASCII.
+        text = ujson.dumps(obj, ensure_ascii=True, escape_forward_slashes=False, allow_nan=False)
+        return text.encode()
+
+
+def replace_non_finite_numbers(root: dict[str, Any] | list[Any]) -> int:
+    """Replace, in place, every number in ``root`` a browser cannot hold as a finite double (NaN,
+    +-Infinity, integers of magnitude >= ~1.8e308) with ``None``; how many were replaced.
+
+    Iterative, so a deeply nested object cannot exhaust the recursion limit.
+    """
+    replaced = 0
+    stack: list[dict[str, Any] | list[Any]] = [root]
+    while stack:
+        node = stack.pop()
+        pairs = node.items() if type(node) is dict else enumerate(node)
+        for k, v in pairs:  # assigning to existing keys while iterating is fine: no resize
+            t = type(v)
+            if t is dict or t is list:
+                stack.append(v)
+            elif (t is float and not math.isfinite(v)) or (t is int and abs(v) >= _DOUBLE_OVERFLOW):
+                node[k] = None  # type: ignore[index]
+                replaced += 1
+    return replaced
 
 
 def object_key(obj: dict[str, Any]) -> ObjectKey:
-    """``namespace/name``, or ``name`` for a cluster-scoped object."""
+    """``namespace/name``, or ``name`` for a cluster-scoped object (always a loggable ``str``)."""
     meta = obj.get("metadata")
     if type(meta) is not dict:
         return ObjectKey("")
     name = meta.get("name") or ""
     ns = meta.get("namespace")
-    return ObjectKey(f"{ns}/{name}" if ns else str(name))
+    key = f"{ns}/{name}" if ns else f"{name}"
+    return ObjectKey(key if key.isascii() else loggable(key))
+
+
+def loggable(text: str) -> str:
+    """``text`` with lone surrogates (which cannot be encoded) written as ``\\udxxx`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def describe_bad_resource_version(value: object) -> str:
+    """What is wrong with a resourceVersion that :func:`is_valid_resource_version` refused,
+    without echoing a long one."""
+    if type(value) is not str:
+        return f"is a JSON {type(value).__name__}, not a string"
+    if not value:
+        return "is empty"
+    if len(value) > MAX_RESOURCE_VERSION_CHARS:
+        return f"is {len(value)} characters long (at most {MAX_RESOURCE_VERSION_CHARS} digits)"
+    return f"{loggable(value)!r} is not ASCII digits"
 
 
 @dataclass(slots=True)
@@ -168,7 +308,8 @@ class KubeClient:
         items: list[dict[str, Any]] = []
         continue_token: str | None = None
         pages = 0
-        api_version = kind = rv = ""
+        api_version = kind = ""
+        rv: object = ""
         while True:
             params = build_query(target, limit=self.config.list_page_size, continue_token=continue_token)
             url = build_url(self.config, target, params)
@@ -191,6 +332,7 @@ class KubeClient:
             for item in body.get("items") or ():
                 if type(item) is not dict:
                     raise MalformedResponseError("LIST item is not an object")
+                _check_item_resource_version(item)
                 if api_version and "apiVersion" not in item:
                     item["apiVersion"] = api_version
                 if kind and "kind" not in item:
@@ -198,10 +340,16 @@ class KubeClient:
                 items.append(item)
             rv = meta.get("resourceVersion") or rv
             continue_token = meta.get("continue") or None
+            if continue_token is not None and type(continue_token) is not str:
+                raise MalformedResponseError("LIST response metadata.continue is not a string")
             if not continue_token:
                 break
-        if not isinstance(rv, str) or not rv:
+        if not rv:
             raise MalformedResponseError("LIST response has no metadata.resourceVersion")
+        if not is_valid_resource_version(rv):
+            raise MalformedResponseError(
+                f"LIST response metadata.resourceVersion {describe_bad_resource_version(rv)}"
+            )
         return ListResult(
             items=items, resource_version=rv, api_version=str(api_version), kind=kind, pages=pages
         )
@@ -215,6 +363,15 @@ class KubeClient:
         return await self._request_json("GET", url, token=token)
 
     async def _request_json(self, method: str, url: str, *, token: str | None, body: Any = None) -> Any:
+        try:
+            return await self._request_json_unredacted(method, url, token=token, body=body)
+        except APIError as exc:
+            exc.redact(self.credentials.tokens_in_use(token))
+            raise
+
+    async def _request_json_unredacted(
+        self, method: str, url: str, *, token: str | None, body: Any = None
+    ) -> Any:
         session = self._get_session()
         headers = self.credentials.headers(token)
         data: bytes | None = None
@@ -237,9 +394,11 @@ class KubeClient:
             raise _connection_error(exc) from exc
         except TimeoutError as exc:
             raise UpstreamConnectionError("request timed out", reason="Timeout") from exc
+        except OSError as exc:  # after TimeoutError, which is one; ssl.SSLError is one too
+            raise _connection_error(exc) from exc
         try:
             return ujson.loads(raw)
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError (invalid UTF-8) is one
             raise MalformedResponseError(f"response is not JSON: {exc}") from exc
 
     # -- WATCH -------------------------------------------------------------------------------
@@ -253,16 +412,45 @@ class KubeClient:
         allow_bookmarks: bool = True,
         token: str | None = None,
         on_open: Callable[[], None] | None = None,
-        on_chunk: Callable[[], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> AsyncGenerator[list[WatchEvent], None]:
         """Batches of events of one watch request, in stream order, until the server ends it.
 
         An in-stream ERROR raises the :class:`APIError` of its Status code (410 -> GoneError) after
         the events before it were yielded; an unknown event type is logged and skipped; a line
         that is not an event raises :class:`MalformedResponseError`. ``on_open`` is called once
-        the response headers are accepted, ``on_chunk`` for every chunk received. Use it with
+        the response headers are accepted, ``on_progress`` whenever a chunk completes at least
+        one line (bytes that never complete a line are not a sign of life). Use it with
         ``contextlib.aclosing`` so an abandoned stream closes its response at once.
         """
+        stream = self._watch_unredacted(
+            target,
+            resource_version=resource_version,
+            timeout_s=timeout_s,
+            allow_bookmarks=allow_bookmarks,
+            token=token,
+            on_open=on_open,
+            on_progress=on_progress,
+        )
+        try:
+            async with contextlib.aclosing(stream):  # closed with us: the response too, at once
+                async for events in stream:
+                    yield events
+        except APIError as exc:
+            exc.redact(self.credentials.tokens_in_use(token))
+            raise
+
+    async def _watch_unredacted(
+        self,
+        target: WatchTarget,
+        *,
+        resource_version: str,
+        timeout_s: int | None,
+        allow_bookmarks: bool,
+        token: str | None,
+        on_open: Callable[[], None] | None,
+        on_progress: Callable[[], None] | None,
+    ) -> AsyncGenerator[list[WatchEvent], None]:
         params = build_query(
             target,
             watch=True,
@@ -284,9 +472,9 @@ class KubeClient:
                     raise await _error_from_response(resp)
                 if on_open is not None:
                     on_open()
-                async for lines in iter_lines(
-                    resp.content.iter_any(), max_line_bytes=self._max_line_bytes, on_chunk=on_chunk
-                ):
+                async for lines in iter_lines(resp.content.iter_any(), max_line_bytes=self._max_line_bytes):
+                    if on_progress is not None:
+                        on_progress()
                     events, error = parse_watch_lines(lines)
                     if events:
                         yield events
@@ -296,6 +484,8 @@ class KubeClient:
             raise _connection_error(exc) from exc
         except TimeoutError as exc:
             raise UpstreamConnectionError("watch request timed out", reason="Timeout") from exc
+        except OSError as exc:  # after TimeoutError, which is one; ssl.SSLError is one too
+            raise _connection_error(exc) from exc
 
 
 class _ContinueExpired(Exception):
@@ -312,11 +502,13 @@ def parse_watch_lines(lines: list[bytes]) -> tuple[list[WatchEvent], APIError | 
     events: list[WatchEvent] = []
     loads = ujson.loads
     prefixes = _PREFIX_LENGTHS
+    bad_number = may_hold_bad_number
+    valid_rv = is_valid_resource_version
     append = events.append
     for line in lines:
         try:
             d = loads(line)
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError (invalid UTF-8) is one
             err = MalformedResponseError(f"watch line is not JSON ({len(line)} bytes): {exc}")
             err.__cause__ = exc
             return events, err
@@ -337,23 +529,42 @@ def parse_watch_lines(lines: list[bytes]) -> tuple[list[WatchEvent], APIError | 
         if type(meta) is not dict:
             return events, MalformedResponseError(f"{event_type} event object without metadata")
         rv = meta.get("resourceVersion")
-        if type(rv) is not str:
-            return events, MalformedResponseError(f"{event_type} event object without resourceVersion")
-        # The object's bytes, cut from the line: exactly '{"type":"<T>","object":{...}}'.
-        if len(d) == 2 and line.startswith(prefix) and line.endswith(b"}}") and line[plen] == 123:
-            object_json = line[plen:-1]
-            if b"\r" in object_json:
-                object_json = encode_object(obj)
-        else:
-            object_json = encode_object(obj)
+        if not valid_rv(rv):
+            if rv is None:
+                return events, MalformedResponseError(f"{event_type} event object without resourceVersion")
+            problem = describe_bad_resource_version(rv)
+            return events, MalformedResponseError(f"{event_type} event resourceVersion {problem}")
         if event_type == "BOOKMARK":
             key = ObjectKey("")
         else:
             ns = meta.get("namespace")
             name = meta.get("name") or ""
-            key = ObjectKey(f"{ns}/{name}" if ns else name)
+            key = ObjectKey(f"{ns}/{name}" if ns else f"{name}")
+            if not key.isascii():
+                key = ObjectKey(loggable(key))
+        # The object's bytes, cut from the line: exactly '{"type":"<T>","object":{...}}'.
+        if (
+            len(d) == 2
+            and line.startswith(prefix)
+            and line.endswith(b"}}")
+            and line[plen] == 123
+            and not bad_number(line)
+        ):
+            object_json = line[plen:-1]
+            if b"\r" in object_json:
+                object_json = encode_object(obj, key)
+        else:
+            object_json = encode_object(obj, key)
         append(WatchEvent(event_type, key, obj, object_json, rv))
     return events, None
+
+
+def _check_item_resource_version(item: dict[str, Any]) -> None:
+    meta = item.get("metadata")
+    rv = meta.get("resourceVersion") if type(meta) is dict else None
+    if rv is not None and not is_valid_resource_version(rv):
+        problem = describe_bad_resource_version(rv)
+        raise MalformedResponseError(f"LIST item metadata.resourceVersion {problem}")
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -402,18 +613,22 @@ def _connection_error(exc: BaseException) -> UpstreamConnectionError:
         reason = "StreamCut"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
         reason = "ServerDisconnected"
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        reason = "ConnectionFailed"
+    elif isinstance(exc, ssl.SSLError | aiohttp.ClientSSLError):
+        reason = "TLSError"  # a handshake or certificate failure: say so, it is not the network
     else:
         reason = "ConnectionFailed"
-    # str(exc) of aiohttp errors names host and port, never headers.
+    # str(exc) of aiohttp and OS errors names host, port or errno, never headers.
     return UpstreamConnectionError(f"{type(exc).__name__}: {exc}", reason=reason)
 
 
 __all__ = [
     "KubeClient",
     "ListResult",
+    "describe_bad_resource_version",
     "encode_object",
+    "loggable",
+    "may_hold_bad_number",
     "object_key",
     "parse_watch_lines",
+    "replace_non_finite_numbers",
 ]

@@ -5,20 +5,28 @@ file is read again only when one of them changed, so a rotated service-account t
 swaps a symlink) is used on the next request without a restart. :meth:`Credentials.force_reload`
 re-reads unconditionally (the client calls it after a 401). A file that disappears or cannot be
 read keeps the last good token and logs once per failure, never the token itself.
+
+The TLS context is built on first use; a ``ca_file``, ``client_cert`` or ``client_key`` that is
+missing, unreadable or invalid raises :class:`~watchgw.kube.errors.CredentialError` naming the
+setting and the path (the informer reports it as a ``watch-error`` and tries again later).
 """
 
 from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
-from watchgw.config import UpstreamConfig
+from watchgw.config import UpstreamConfig, file_problem
+from watchgw.kube.errors import CredentialError
 
 log = structlog.get_logger("watchgw.kube")
 
 _FileStamp = tuple[int, int, int, int]
+_T = TypeVar("_T")
 
 
 class Credentials:
@@ -54,6 +62,10 @@ class Credentials:
         if not token:
             return {}
         return {"Authorization": "Bearer " + token}
+
+    def tokens_in_use(self, token_override: str | None = None) -> tuple[str | None, ...]:
+        """The tokens a request may have carried: what upstream error text must never repeat."""
+        return (token_override, self._token)
 
     def force_reload(self) -> None:
         """Re-read ``token_file`` now, whatever its stat says (after a 401)."""
@@ -93,7 +105,8 @@ class Credentials:
 
     @property
     def ssl(self) -> ssl.SSLContext:
-        """The TLS context for ``https://`` upstreams (built once; raises on unreadable files)."""
+        """The TLS context for ``https://`` upstreams (built once it succeeds; raises
+        :class:`CredentialError` while a file cannot be used)."""
         if self._ssl is None:
             self._ssl = build_ssl_context(self._config)
         return self._ssl
@@ -101,13 +114,41 @@ class Credentials:
 
 def build_ssl_context(config: UpstreamConfig) -> ssl.SSLContext:
     """Default verification (system CAs, or ``ca_file`` only), optional client certificate,
-    or no verification at all with ``insecure_skip_tls_verify``."""
-    ctx = (
-        ssl.create_default_context(cafile=config.ca_file) if config.ca_file else ssl.create_default_context()
-    )
+    or no verification at all with ``insecure_skip_tls_verify``.
+
+    Raises :class:`CredentialError` (reason ``TLSConfigError``) naming the setting and the path.
+    """
+    ca_file = config.ca_file
+    if ca_file:
+        ctx = _with_tls_files(lambda: ssl.create_default_context(cafile=ca_file), ("ca_file", ca_file))
+    else:
+        ctx = ssl.create_default_context()
     if config.insecure_skip_tls_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     if config.client_cert:
-        ctx.load_cert_chain(config.client_cert, config.client_key)
+        cert, key = config.client_cert, config.client_key
+        _with_tls_files(
+            lambda: ctx.load_cert_chain(cert, key),
+            ("client_cert", cert),
+            ("client_key", key),
+        )
     return ctx
+
+
+def _with_tls_files(load: Callable[[], _T], *files: tuple[str, str | None]) -> _T:
+    """``load()``, with its failure turned into a :class:`CredentialError` that names the file."""
+    try:
+        return load()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        for key, path in files:
+            problem = file_problem(path) if path else None
+            if problem is not None:
+                message = f"upstream.{key} {path}: {problem}"
+                break
+        else:
+            # Every file can be read, so one of them is not what it should be (PEM, matching key).
+            names = " and ".join(f"upstream.{key} {path}" for key, path in files if path)
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            message = f"{names}: cannot be loaded: {type(exc).__name__}: {detail}"
+        raise CredentialError(message, reason="TLSConfigError") from exc

@@ -1,29 +1,57 @@
 """Typed errors of the control plane, picked by status in one function.
 
 Every error a request or a watch stream can end with is an :class:`APIError` with an HTTP-ish
-``status``, a Kubernetes-style ``reason`` and a human ``message`` truncated to
-:data:`MAX_MESSAGE_CHARS`, so it can be logged or forwarded to clients without leaking a large
-upstream body. Transport failures are :class:`UpstreamConnectionError` (status 503) and
-unparseable bodies or lines are :class:`MalformedResponseError` (status 502): the informer handles
-every failure through the same three attributes.
+``status``, a Kubernetes-style ``reason`` and a human ``message``, so it can be logged or forwarded
+to clients (the hub's ``watch-error``) as it is. Upstream text is cleaned when the error is made:
+credentials it quotes are replaced by ``[redacted]`` (:func:`watchgw.logs.redact_text`; the tokens
+in use are removed by the client with :meth:`APIError.redact`), characters that are not printable
+are dropped (line breaks become spaces), the reason is cut to :data:`MAX_REASON_CHARS` and the
+message to :data:`MAX_MESSAGE_CHARS` characters and :data:`MAX_MESSAGE_BYTES` bytes of UTF-8.
+
+Transport failures are :class:`UpstreamConnectionError` (status 503), unparseable bodies or lines
+:class:`MalformedResponseError` (502), unusable local TLS files :class:`CredentialError` (500) and
+bugs :class:`InternalError` (500): the informer handles every failure through the same three
+attributes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
+
+from watchgw.logs import redact_text
 
 #: Upstream text longer than this is cut (with an ellipsis) before it is stored, logged or sent.
 MAX_MESSAGE_CHARS = 300
+#: ... and never more than this many bytes of UTF-8 (300 characters of CJK would be 900).
+MAX_MESSAGE_BYTES = 512
+#: A reason is a short CamelCase word (``Expired``); anything longer is not one.
+MAX_REASON_CHARS = 64
 
 
-def truncate(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, marked with ``...`` when cut; control chars flattened."""
-    if len(text) > limit:
-        text = text[: max(limit - 3, 0)] + "..."
-    if "\n" in text or "\r" in text:
-        text = text.replace("\r", " ").replace("\n", " ")
-    return text
+def truncate(text: str, limit: int = MAX_MESSAGE_CHARS, max_bytes: int = MAX_MESSAGE_BYTES) -> str:
+    """``text`` printable (line breaks and tabs become spaces, other control, format and surrogate
+    characters are dropped) and at most ``limit`` characters and ``max_bytes`` UTF-8 bytes, marked
+    with ``...`` when cut."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " if c.isspace() else "" for c in text)
+    if len(text) <= limit and (text.isascii() or len(text.encode()) <= max_bytes):
+        return text
+    head = text[: max(limit - 3, 0)]
+    data = head.encode()
+    if len(data) > max_bytes - 3:
+        head = data[: max(max_bytes - 3, 0)].decode("utf-8", "ignore")
+    return head + "..."
+
+
+def _clean_reason(reason: str) -> str:
+    """A reason fit for a frame: no credential, printable, no spaces, at most MAX_REASON_CHARS."""
+    if reason.isalnum() and len(reason) <= MAX_REASON_CHARS:
+        return reason  # the usual CamelCase word
+    reason = redact_text(reason)
+    reason = "".join(c for c in reason if c.isprintable() and not c.isspace())
+    return truncate(reason, MAX_REASON_CHARS, 2 * MAX_REASON_CHARS)
 
 
 class APIError(Exception):
@@ -34,9 +62,16 @@ class APIError(Exception):
 
     def __init__(self, message: str = "", *, status: int | None = None, reason: str = "") -> None:
         self.status: int = self.default_status if status is None else status
-        self.reason: str = reason or self.default_reason
-        self.message: str = truncate(message or self.reason)
+        # Redact before cutting: a credential cut in half would no longer be recognised.
+        self.reason: str = _clean_reason(reason) or self.default_reason
+        self.message: str = (truncate(redact_text(message)) if message else "") or self.reason
         super().__init__(self.message)
+
+    def redact(self, secrets: Iterable[str | None]) -> None:
+        """Replace each of ``secrets`` (the tokens the request used) in reason and message."""
+        self.reason = redact_text(self.reason, secrets)
+        self.message = redact_text(self.message, secrets)
+        self.args = (self.message,)
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}: {self.message}"
@@ -109,6 +144,36 @@ class UpstreamConnectionError(APIError):
 
     default_status = 503
     default_reason = "ConnectionFailed"
+
+
+class ShortWatchError(UpstreamConnectionError):
+    """A watch that ended at once without a single event or bookmark (client-go: "very short
+    watch"): an error, not a success, or an upstream that does this would be asked again at once."""
+
+    default_reason = "ShortWatch"
+
+
+class InactiveWatchError(UpstreamConnectionError):
+    """A watch that sent no complete event or bookmark for ``inactivity_timeout_s``."""
+
+    default_reason = "Inactive"
+
+
+class CredentialError(APIError):
+    """The gateway's own credential cannot be used (a TLS file missing, unreadable or invalid):
+    a problem on this side, reported to subscribers like any upstream failure and retried, since
+    the file may be fixed without a restart. The message names the setting and the path."""
+
+    default_status = 500
+    default_reason = "CredentialError"
+
+
+class InternalError(APIError):
+    """A failure inside the gateway while serving a channel (a bug): the message names only the
+    exception's type, the log has the traceback."""
+
+    default_status = 500
+    default_reason = "InternalError"
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

@@ -11,6 +11,24 @@ are synthesized from the last known objects). A watch that ends normally or goes
 from the latest resourceVersion (bookmarks included) without a LIST; only 410 (or 404 on a watch)
 leads to a LIST.
 
+Failures. Whatever a failure raises (an :class:`APIError` of the client, or any other exception,
+reported as :class:`InternalError` with the exception's type and logged with its traceback once
+per streak), the informer reports ``DEGRADED`` with a code, reason and message, waits a backoff
+and tries again from the last good resourceVersion; only ``CancelledError`` ends :meth:`run`
+(and a 404 on LIST, as ``GONE``). Like client-go's reflector:
+
+- A watch that ends normally in under :data:`SHORT_WATCH_S` without a single line is a failure
+  (``ShortWatch``), not a success to repeat at once.
+- A watch is alive while complete lines arrive: no event or bookmark (bytes that never end a line
+  do not count) for ``inactivity_timeout_s`` is a failure (``Inactive``); the watch is resumed.
+- Backoff is full jitter, uniform in [0, min(backoff_max_s, backoff_initial_s * 2**n)] for the
+  n-th failure of a streak; a streak ends when watches stayed healthy for ``backoff_reset_s``
+  (healthy: from the first watch accepted after a failure until the failure, or, for a silent
+  watch, until its last line).
+- The first failure of a streak is reported only when it is not one a healthy watch meets now
+  and then (a cut, a disconnect, a short or a silent watch): those are retried without alarming
+  subscribers, and reported from the second in a row.
+
 Timers use the event loop clock (``loop.time()``); backoff, reset and inactivity periods come from
 :class:`UpstreamConfig`, so tests run with tiny values and a seeded ``rng``.
 """
@@ -30,7 +48,10 @@ from watchgw.kube.client import KubeClient, encode_object, object_key
 from watchgw.kube.errors import (
     APIError,
     GoneError,
+    InactiveWatchError,
+    InternalError,
     NotFoundError,
+    ShortWatchError,
     TooManyRequestsError,
     UnauthorizedError,
     UpstreamConnectionError,
@@ -47,11 +68,14 @@ from watchgw.kube.types import (
 log = structlog.get_logger("watchgw.kube")
 
 
-_TRANSIENT_REASONS = frozenset({"StreamCut", "ServerDisconnected"})
+#: Failures a healthy watch meets now and then (a proxy or API server restarting, an idle
+#: connection dropped): the first of a streak is retried without a ``watch-error``.
+_TRANSIENT_REASONS = frozenset({"StreamCut", "ServerDisconnected", "ShortWatch", "Inactive"})
 
-
-class _InactivityTimeout(Exception):
-    """The watch stream sent nothing for ``inactivity_timeout_s``."""
+#: A watch that ends normally sooner than this without a single complete line is a failure
+#: (client-go's reflector uses the same second). A server ends a watch with nothing to say only
+#: at its ``timeoutSeconds`` (at least 1 s), so a healthy watch never trips this.
+SHORT_WATCH_S = 1.0
 
 
 def diff_objects(
@@ -115,12 +139,20 @@ class Informer:
         self._token_provider = token_provider
         self._rng = rng if rng is not None else random.Random()
         self._attempt = 0
+        """Failures in the current streak (the next one's backoff exponent)."""
         self._healthy_since: float | None = None
+        """When the first watch after the last failure was accepted (None: none since)."""
+        self._traceback_logged = False
+        """An internal error's traceback was logged in this streak: later ones log one line."""
         self._gone_streak = 0
         self._last_activity = 0.0
+        """Loop time of the current watch's last complete line (or of its start)."""
         self._inactivity_handle: asyncio.TimerHandle | None = None
-        self._inactive = False
+        self._ended_by: str | None = None
+        """Why this informer ended the current watch itself: "inactive" or "restart"."""
         self._opened = False
+        self._progressed = False
+        """The current watch completed at least one line."""
         self._watch_cm: asyncio.Timeout | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log = log.bind(
@@ -143,12 +175,6 @@ class Informer:
                     await self._relist()
                     need_list = False
                 await self._watch_once()
-            except _InactivityTimeout:
-                self._log.info(
-                    "upstream.watch_inactive",
-                    resource_version=self.resource_version,
-                    inactivity_timeout_s=self._config.inactivity_timeout_s,
-                )
             except GoneError as exc:
                 # The resourceVersion we hold is too old (410): LIST again and diff.
                 self._gone_streak += 1
@@ -161,7 +187,7 @@ class Informer:
                 if need_list or self._gone_streak > 1:
                     # 410 again without a healthy watch in between: do not hammer the server.
                     self._degrade(exc)
-                    await asyncio.sleep(self._next_backoff())
+                    await asyncio.sleep(self._backoff(self._count_failure()))
                 need_list = True
             except NotFoundError as exc:
                 if need_list:
@@ -185,39 +211,66 @@ class Informer:
                 if isinstance(exc, UnauthorizedError):
                     self._client.credentials.force_reload()
                 await self._fail(exc)
+            except Exception as exc:
+                # A bug here or in the client (or an input nobody foresaw) must not kill the channel,
+                # nor restart it in a tight loop: report it like any failure and back off.
+                # (CancelledError is a BaseException, not an Exception: cancelling still ends run().)
+                error = InternalError(f"watchgw failed while watching ({type(exc).__name__}); retrying")
+                await self._fail(error, cause=exc)
 
-    async def _fail(self, exc: APIError) -> None:
+    async def _fail(self, exc: APIError, *, cause: Exception | None = None) -> None:
+        """Report ``exc`` (unless it is the first transient failure of a streak), log it, back off."""
+        healthy_until = self._last_activity if isinstance(exc, InactiveWatchError) else None
+        attempt = self._count_failure(healthy_until=healthy_until)
         transient = isinstance(exc, UpstreamConnectionError) and exc.reason in _TRANSIENT_REASONS
-        if not (transient and self._attempt == 0):
+        if not (transient and attempt == 0):
             # A healthy watch cut once (a proxy, a restart of one API server) is retried at once
             # and not worth alarming every subscriber; anything else, or a repeat, is reported.
             self._degrade(exc)
-        delay = self._next_backoff()
+        delay = self._backoff(attempt)
         if isinstance(exc, TooManyRequestsError) and exc.retry_after_s is not None:
             delay = max(delay, exc.retry_after_s)
-        self._log.warning(
-            "upstream.error",
-            code=exc.status,
-            reason=exc.reason,
-            message=exc.message,
-            error_type=type(exc).__name__,
-            attempt=self._attempt,
-            retry_in_s=round(delay, 3),
-        )
+        fields: dict[str, Any] = {
+            "code": exc.status,
+            "reason": exc.reason,
+            "message": exc.message,
+            "error_type": type(cause if cause is not None else exc).__name__,
+            "attempt": attempt,
+            "retry_in_s": round(delay, 3),
+        }
+        if cause is not None and not self._traceback_logged:
+            # One traceback per streak: enough to find the bug, not a log flood while it lasts.
+            self._traceback_logged = True
+            self._log.error("upstream.error", **fields, exc_info=cause)
+        else:
+            self._log.warning("upstream.error", **fields)
         await asyncio.sleep(delay)
 
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
 
-    def _next_backoff(self) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]; reset after a healthy period."""
-        cfg = self._config
-        if self._healthy_since is not None and self._now() - self._healthy_since >= cfg.backoff_reset_s:
+    def _count_failure(self, *, healthy_until: float | None = None) -> int:
+        """This failure's place in its streak (0: the first after a healthy period).
+
+        Like client-go's backoff manager, a streak ends after ``backoff_reset_s`` without
+        failures; here, of watches that were accepted and (for a silent watch, up to its last
+        line) alive, so a watch that is accepted and then says nothing never ends a streak.
+        """
+        end = self._now() if healthy_until is None else healthy_until
+        since = self._healthy_since
+        if since is not None and end - since >= self._config.backoff_reset_s:
             self._attempt = 0
+            self._traceback_logged = False
         self._healthy_since = None
-        ceiling = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(self._attempt, 32)))
+        attempt = self._attempt
         self._attempt += 1
+        return attempt
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
+        cfg = self._config
+        ceiling = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(attempt, 32)))
         return self._rng.uniform(0.0, ceiling)
 
     # -- state -----------------------------------------------------------------------------------
@@ -256,8 +309,9 @@ class Informer:
             resource_version=result.resource_version,
             duration_s=round(self._now() - started, 3),
         )
-        if events:
-            self._listener.on_relist(events, result.resource_version)
+        # Also without events: the listener learns that positions inside the relist are not
+        # consistent states (objects created and deleted meanwhile are not in the difference).
+        self._listener.on_relist(events, result.resource_version)
         self._watching()
 
     # -- one watch request -----------------------------------------------------------------------
@@ -275,15 +329,17 @@ class Informer:
         if self.state.phase is not InformerPhase.WATCHING:
             self._watching()
 
-    def _on_chunk(self) -> None:
+    def _on_progress(self) -> None:
+        """A chunk completed at least one line: the stream is alive (bytes alone prove nothing)."""
         assert self._loop is not None
         self._last_activity = self._loop.time()
+        self._progressed = True
 
     def _check_inactivity(self, cm: asyncio.Timeout) -> None:
         now = self._now()
         deadline = self._last_activity + self._config.inactivity_timeout_s
         if now >= deadline:
-            self._inactive = True
+            self._ended_by = "inactive"
             cm.reschedule(now)
         else:
             assert self._loop is not None
@@ -296,16 +352,21 @@ class Informer:
         subscriber left, in ``credential = "subscriber"`` mode).
         """
         if self._watch_cm is not None and self._loop is not None:
-            self._inactive = True
+            self._ended_by = "restart"
             self._watch_cm.reschedule(self._loop.time())
+
+    def _why_ended(self) -> str | None:
+        # A method, not the attribute: timer callbacks set it while _watch_once awaits.
+        return self._ended_by
 
     async def _watch_once(self) -> None:
         assert self._loop is not None
         loop = self._loop
         timeout_s = self._watch_timeout_seconds()
         token = self._token_provider() if self._token_provider is not None else None
-        self._inactive = False
+        self._ended_by = None
         self._opened = False
+        self._progressed = False
         self._last_activity = loop.time()
         events = 0
         started = self._last_activity
@@ -326,7 +387,7 @@ class Informer:
                         allow_bookmarks=True,
                         token=token,
                         on_open=self._on_open,
-                        on_chunk=self._on_chunk,
+                        on_progress=self._on_progress,
                     )
                     async with contextlib.aclosing(stream):
                         async for batch in stream:
@@ -344,15 +405,22 @@ class Informer:
                     if self._inactivity_handle is not None:
                         self._inactivity_handle.cancel()
                         self._inactivity_handle = None
+            if not self._progressed and loop.time() - started < SHORT_WATCH_S:
+                raise ShortWatchError(
+                    f"the watch ended at once (under {SHORT_WATCH_S:g} s) without an event or bookmark"
+                )
         except TimeoutError as exc:
-            if not self._inactive:
+            ended_by = self._why_ended()
+            if ended_by is None:
                 raise
+            if ended_by == "restart":
+                return  # asked for: resume at once from the latest resourceVersion
+            timeout = self._config.inactivity_timeout_s
             if not self._opened:
                 raise UpstreamConnectionError(
-                    f"no response to the watch request within {self._config.inactivity_timeout_s} s",
-                    reason="Timeout",
+                    f"no response to the watch request within {timeout:g} s", reason="Timeout"
                 ) from exc
-            raise _InactivityTimeout() from exc
+            raise InactiveWatchError(f"no event or bookmark for {timeout:g} s") from exc
         finally:
             self._log.info(
                 "upstream.watch_ended",

@@ -9,7 +9,7 @@ tolerated, and a bound on the line length that raises :class:`MalformedResponseE
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 
 from watchgw.kube.errors import MalformedResponseError
 
@@ -89,17 +89,15 @@ async def iter_lines(
     chunks: AsyncIterable[bytes],
     *,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    on_chunk: Callable[[], None] | None = None,
 ) -> AsyncIterator[list[bytes]]:
     """Batches of complete lines from ``chunks`` (one batch per chunk that ended a line).
 
     A final unterminated line is yielded too: a watch stream cut in the middle of a line then
-    fails to parse, which is the truth. ``on_chunk`` is called for every chunk received.
+    fails to parse, which is the truth. Chunks that complete no line yield nothing: a stream
+    dripping bytes without a newline is, to the consumer, a silent one.
     """
     splitter = NDJSONSplitter(max_line_bytes)
     async for chunk in chunks:
-        if on_chunk is not None:
-            on_chunk()
         lines = splitter.feed(chunk)
         if lines:
             yield lines

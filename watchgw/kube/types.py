@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Literal, NewType, Protocol
+from typing import Any, Literal, NewType, Protocol, TypeGuard
 
 #: ``namespace/name`` (or ``name`` for cluster-scoped objects): the identity of an object in a channel.
 ObjectKey = NewType("ObjectKey", str)
@@ -28,6 +28,10 @@ class WatchTarget:
     name: str = ""
     label_selector: str = ""
     field_selector: str = ""
+    user_scoped: bool = False
+    """Watched in the caller's own user control plane (``upstream.user_prefix``)."""
+    user: str = ""
+    """The user id of a user-scoped channel (from the caller's identity, never from the request)."""
 
 
 class WatchEvent:
@@ -91,10 +95,25 @@ class InformerListener(Protocol):
         carries its own ``resource_version``."""
 
     def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
-        """The difference of a (re)LIST against what was held, in order, and the LIST's
-        ``resource_version``. The objects are consistent only once the whole batch is applied
+        """The difference of a (re)LIST against what was held, in order (possibly none), and the
+        LIST's ``resource_version``. The objects are consistent only once the whole batch is applied
         (the events' own versions are older than the LIST's and may repeat), so a consumer that
         labels positions must not treat an event inside the batch as a consistent state."""
 
     def on_state(self, state: InformerState) -> None:
         """The informer's phase changed (``WATCHING`` is also reported after every relist)."""
+
+
+#: Longest resourceVersion accepted: etcd revisions are int64 (19 digits); room to spare.
+MAX_RESOURCE_VERSION_CHARS = 32
+
+
+def is_valid_resource_version(rv: object) -> TypeGuard[str]:
+    """A resourceVersion watchgw can hold and compare: 1 to 32 ASCII digits.
+
+    Kubernetes calls it opaque, but etcd-backed servers write a decimal revision, and the hub orders
+    positions with ``int()``, which accepts other Unicode digits (fullwidth ones, superscripts)
+    and refuses strings of more than 4300 digits. Upstream versions are checked with this (a bad
+    one is a malformed response); the web layer can check client-supplied ones with it too.
+    """
+    return type(rv) is str and 0 < len(rv) <= MAX_RESOURCE_VERSION_CHARS and rv.isascii() and rv.isdigit()
