@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import tomllib
 import types
@@ -46,6 +47,9 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     """Browser origins on another host that may use the API (exact ``scheme://host[:port]``).
     Empty: no CORS headers, so only same-origin pages (behind the same proxy) can call it."""
+    key_segments: int = 8
+    """Channel key format: 8 segments (the portal's client: ``...:<fieldSelector>:<user|>``) or 7
+    (the original protocol document's, for clients built on it; no user-scoped channels)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,13 @@ class UpstreamConfig:
     """``gateway``: the token above; ``subscriber``: an authorized subscriber's own token."""
     project_prefix: str = "/apis/resourcemanager.miloapis.com/v1alpha1/projects/{project}/control-plane"
     org_prefix: str = "/apis/resourcemanager.miloapis.com/v1alpha1/organizations/{org}/control-plane"
+    user_prefix: str = "/apis/iam.miloapis.com/v1alpha1/users/{user}/control-plane"
+    """Where a user-scoped channel (``userScoped: true``) is watched: ``{user}`` is the caller's
+    user id (``auth.user_field`` of its SelfSubjectReview, or the forward-auth user header)."""
+    project_default_namespace: str = "default"
+    """Namespace watched by a project-scoped subscription that names none (the portal's
+    behaviour); ``""`` watches all namespaces of the project. The channel key keeps the namespace
+    as the client sent it."""
     watch_timeout_s: float = 300.0
     """Minimum server-side watch duration; each watch asks for a random value in [t, 2t] like
     client-go, so many channels do not all reconnect in the same second."""
@@ -84,12 +95,28 @@ class UpstreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    mode: Literal["none", "bearer"] = "none"
+    mode: Literal["none", "bearer", "forward"] = "none"
+    """``none``: one anonymous identity; ``bearer``: a token from ``Authorization`` or ``cookie``;
+    ``forward``: the client's cookies go to ``forward_url``, which answers with its token."""
     cookie: str = "watchgw_token"
     """Cookie carrying the bearer token for ``EventSource``, which cannot set headers."""
     cache_ttl_s: float = 30.0
     """Seconds an identity or an access decision is reused (0: ask the control plane every time)."""
     recheck_s: float = 60.0
+    user_field: Literal["uid", "username"] = "uid"
+    """Field of the SelfSubjectReview's ``status.userInfo`` that is the user id filled into
+    ``upstream.user_prefix`` for user-scoped channels (``uid``: stable, not an email address)."""
+    forward_url: str = ""
+    """``mode = "forward"``: URL asked with the client's ``Cookie`` and ``Authorization`` headers
+    (as nginx ``auth_request`` and Traefik ForwardAuth do); 200 means authenticated."""
+    forward_token_header: str = "X-Auth-Request-Access-Token"
+    """Response header of ``forward_url`` carrying the bearer token (oauth2-proxy's name)."""
+    forward_user_header: str = ""
+    """Response header of ``forward_url`` carrying the user id, if it sends one; otherwise the
+    identity comes from a SelfSubjectReview with the token, as in bearer mode."""
+    forward_cache_ttl_s: float = 5.0
+    """Seconds a ``forward_url`` answer is reused for the same credentials (hashed, never kept)."""
+    forward_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +143,10 @@ class LimitsConfig:
     """Sustained subscribe/unsubscribe requests per identity per second (token bucket)."""
     subscribe_burst: int = 100
     """Requests an identity may make at once before the rate applies (a page opening many lists)."""
+    watch_error_after_s: float = 10.0
+    """A channel reports ``watch-error`` only once its upstream has been failing this long: a
+    blip (a restarting API server, a proxy reload) stays invisible to clients that give up on
+    the first error, as the portal's ``waitFor`` does. 0 reports every failure at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +296,28 @@ def _validate(config: Config) -> None:
         raise ConfigError("upstream.project_prefix must contain {project}")
     if "{org}" not in up.org_prefix:
         raise ConfigError("upstream.org_prefix must contain {org}")
-    for prefix_key in ("project_prefix", "org_prefix"):
+    if "{user}" not in up.user_prefix:
+        raise ConfigError("upstream.user_prefix must contain {user}")
+    ns = up.project_default_namespace
+    if ns and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", ns):
+        raise ConfigError(f'upstream.project_default_namespace must be a namespace name or "", not {ns!r}')
+    if config.server.key_segments not in (7, 8):
+        raise ConfigError(f"server.key_segments must be 7 or 8, not {config.server.key_segments!r}")
+    auth = config.auth
+    if auth.mode == "forward":
+        if not auth.forward_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                'auth.forward_url must be an http:// or https:// URL when auth.mode = "forward"'
+            )
+        if not auth.forward_token_header:
+            raise ConfigError("auth.forward_token_header must name a response header")
+    if auth.forward_cache_ttl_s < 0 or auth.forward_timeout_s <= 0:
+        raise ConfigError("auth.forward_cache_ttl_s must be 0 or more and auth.forward_timeout_s more than 0")
+    if config.limits.watch_error_after_s < 0:
+        raise ConfigError(
+            f"limits.watch_error_after_s must be 0 or more, not {config.limits.watch_error_after_s!r}"
+        )
+    for prefix_key in ("project_prefix", "org_prefix", "user_prefix"):
         if not getattr(up, prefix_key).startswith("/"):
             raise ConfigError(f"upstream.{prefix_key} must start with /")
     positive = {
