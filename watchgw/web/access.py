@@ -63,6 +63,9 @@ class Caller:
 
     identity: str
     token: str | None = None
+    user_id: str = ""
+    """The user id filled into ``upstream.user_prefix`` for user-scoped channels ("" when none:
+    anonymous callers cannot subscribe to those)."""
 
     def __repr__(self) -> str:
         return f"Caller({self.identity!r})"
