@@ -27,7 +27,12 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 
 
 def make_config(upstream_url: str = "http://127.0.0.1:1", **sections: dict[str, Any]) -> Config:
-    raw: dict[str, Any] = {"upstream": {"url": upstream_url}, "server": {"stats": True, "metrics": True}}
+    # Failures reach clients at once in tests (the default hides blips of up to 10 s).
+    raw: dict[str, Any] = {
+        "upstream": {"url": upstream_url},
+        "server": {"stats": True, "metrics": True},
+        "limits": {"watch_error_after_s": 0},
+    }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return config_from_mapping(raw)

@@ -25,7 +25,20 @@ async def post(gateway: Gateway, path: str, body: Any, **kwargs: Any) -> tuple[i
         return response.status, await response.json(content_type=None)
 
 
-async def test_seed_example_key_byte_for_byte(gateway: Gateway) -> None:
+async def test_keys_have_eight_segments_as_the_portal_client_computes_them(gateway: Gateway) -> None:
+    client = await gateway.client()
+    key = await client.subscribe(
+        resourceType="apis/networking.datumapis.com/v1alpha/domains",
+        projectId="proj-abc",
+        namespace="default",
+    )
+    assert key == "apis/networking.datumapis.com/v1alpha/domains::proj-abc:default::::"
+
+
+async def test_seed_example_key_byte_for_byte_with_seven_segments(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    gateway: Gateway = await gateway_factory(make_config(server={"key_segments": 7}))
     client = await gateway.client()
     key = await client.subscribe(
         resourceType="apis/networking.datumapis.com/v1alpha/domains",
@@ -33,13 +46,29 @@ async def test_seed_example_key_byte_for_byte(gateway: Gateway) -> None:
         namespace="default",
     )
     assert key == "apis/networking.datumapis.com/v1alpha/domains::proj-abc:default:::"
+    with pytest.raises(WatchClientError) as refused:
+        await client.subscribe(resourceType="api/v1/secrets", userScoped=True)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("segments", [7, 8])
+async def test_unsubscribe_accepts_either_key_form(
+    gateway_factory: Callable[..., Any], segments: int
+) -> None:
+    gateway: Gateway = await gateway_factory(make_config(server={"key_segments": segments}))
+    client = await gateway.client()
+    key = await client.subscribe(**SECRETS)
+    other_form = key + ":" if segments == 7 else key[:-1]
+    await client.unsubscribe(other_form)
+    await gateway.hub.wait_for(lambda: gateway.hub.channels[key].subscriber_count == 0)
+    await client.wait_for(lambda c: c.unsubscribed.get(key) == "client")
 
 
 async def test_selectors_with_colons_are_percent_encoded(gateway: Gateway) -> None:
     client = await gateway.client()
     key = await client.subscribe(resourceType="api/v1/pods", labelSelector="a in (x:1,y%2)")
-    assert key == "api/v1/pods:::::a in (x%3A1,y%252):"
-    assert key.count(":") == 6
+    assert key == "api/v1/pods:::::a in (x%3A1,y%252)::"
+    assert key.count(":") == 7
 
 
 @pytest.mark.parametrize(

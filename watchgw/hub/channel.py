@@ -77,9 +77,19 @@ class Channel:
         history_limit: int,
         upstream_factory: UpstreamFactory,
         on_gone: Callable[[Channel], None],
+        registry_key: str | None = None,
+        watch_error_after_s: float = 0.0,
     ) -> None:
         self.key = key
+        """The key clients see in frames."""
+        self.registry_key = registry_key if registry_key is not None else key
+        """The hub's key: for a user-scoped channel the key plus its user."""
         self.target = target
+        """What the upstream watches (a project default namespace already applied)."""
+        self._watch_error_after_s = watch_error_after_s
+        self._failing: InformerState | None = None
+        """The latest failure of the current streak (None while the upstream is healthy)."""
+        self._report_handle: asyncio.TimerHandle | None = None
         self.key_json = dumps(key)
         self._frames = frames
         self._upstream_factory = upstream_factory
@@ -236,8 +246,9 @@ class Channel:
 
     def on_state(self, state: InformerState) -> None:
         self.phase = state.phase
+        if state.phase is not InformerPhase.DEGRADED:
+            self._recovered()
         if state.phase is InformerPhase.WATCHING:
-            self.error_frame = None
             if state.resource_version:
                 self._advance(state.resource_version)
             if not self.synced:
@@ -245,19 +256,14 @@ class Channel:
         elif state.phase is InformerPhase.DEGRADED:
             if state.error_code == 401:
                 self._credential.rejected()  # the next attempt uses someone else's token
-            frame = self._frames.event(
-                "watch-error",
-                {
-                    "channel": self.key,
-                    "code": state.error_code,
-                    "reason": state.error_reason,
-                    "message": state.error_message,
-                },
-                channel=self.key,
-            )
-            self.error_frame = frame
-            for session in (*self.subscribers, *self.waiting):
-                session.push(frame)
+            first = self._failing is None
+            self._failing = state
+            if self.error_frame is not None or self._watch_error_after_s <= 0:
+                self._report()  # already reporting (or told to at once): this failure too
+            elif first:
+                self._report_handle = asyncio.get_running_loop().call_later(
+                    self._watch_error_after_s, self._report
+                )
         elif state.phase is InformerPhase.GONE:
             frame = self._frames.event(
                 "unsubscribed", {"channel": self.key, "reason": "gone"}, channel=self.key
@@ -269,6 +275,37 @@ class Channel:
             self.waiting.clear()
             self.parked.clear()
             self._on_gone(self)
+
+    def _report(self) -> None:
+        """``watch-error`` to every subscriber: the upstream has been failing long enough."""
+        self._report_handle = None
+        state = self._failing
+        if state is None:
+            return
+        frame = self._frames.event(
+            "watch-error",
+            {
+                "channel": self.key,
+                "code": state.error_code,
+                "reason": state.error_reason,
+                "message": state.error_message,
+            },
+            channel=self.key,
+        )
+        self.error_frame = frame
+        for session in (*self.subscribers, *self.waiting):
+            session.push(frame)
+
+    def _recovered(self) -> None:
+        self._failing = None
+        self.error_frame = None
+        if self._report_handle is not None:
+            self._report_handle.cancel()
+            self._report_handle = None
+
+    def stop(self) -> None:
+        """The channel closes: no report may fire after it."""
+        self._recovered()
 
     def _first_sync(self) -> None:
         self.synced = True

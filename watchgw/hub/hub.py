@@ -49,12 +49,19 @@ class WatchHub:
         limits: LimitsConfig,
         upstream_factory: UpstreamFactory,
         frames: FrameFactory | None = None,
+        key_segments: int = 8,
+        resolve: Callable[[WatchTarget], WatchTarget] = lambda target: target,
     ) -> None:
         self.limits = limits
         self.frames = frames or FrameFactory()
+        self.key_segments = key_segments
         self._upstream_factory = upstream_factory
+        self._resolve = resolve
+        """Channel target -> what its upstream watches (``kube.urls.upstream_target``)."""
         self.sessions: dict[str, Session] = {}
         self.channels: dict[str, Channel] = {}
+        """By registry key: the channel key, plus the user for user-scoped channels, which are
+        private to their user although their key (on the wire) does not name it."""
         self.draining = False
         self._closing: set[asyncio.Task[None]] = set()
         self._waiters: list[asyncio.Future[None]] = []
@@ -163,18 +170,30 @@ class WatchHub:
             raise Forbidden("this client id belongs to another identity")
         return session
 
+    def key_of(self, target: WatchTarget) -> str:
+        """The channel key clients see (:class:`~watchgw.hub.keys.InvalidField` if the format
+        cannot express the target)."""
+        return channel_key(target, segments=self.key_segments)
+
+    @staticmethod
+    def registry_key(key: str, target: WatchTarget) -> str:
+        return f"{key}\x00{target.user}" if target.user_scoped else key
+
     def check_subscribe(self, session: Session, target: WatchTarget) -> tuple[str, bool]:
         """Limits, before any work: returns the key and whether it is already subscribed."""
         if self.draining:
             raise Draining("the server is shutting down; reconnect shortly")
-        key = channel_key(target)
+        key = self.key_of(target)
         if key in session.channels:
             return key, True
         if len(session.channels) >= self.limits.max_subscriptions_per_client:
             raise TooManySubscriptions(
                 f"a client may hold at most {self.limits.max_subscriptions_per_client} subscriptions"
             )
-        if key not in self.channels and len(self.channels) >= self.limits.max_channels:
+        if (
+            self.registry_key(key, target) not in self.channels
+            and len(self.channels) >= self.limits.max_channels
+        ):
             raise TooManyChannels(f"the server is at its limit of {self.limits.max_channels} channels")
         return key, False
 
@@ -189,17 +208,20 @@ class WatchHub:
         key, already = self.check_subscribe(session, target)
         if already:
             return key
-        channel = self.channels.get(key)
+        registry_key = self.registry_key(key, target)
+        channel = self.channels.get(registry_key)
         if channel is None:
             channel = Channel(
                 key=key,
-                target=target,
+                registry_key=registry_key,
+                target=self._resolve(target),
                 frames=self.frames,
                 history_limit=self.limits.channel_history,
+                watch_error_after_s=self.limits.watch_error_after_s,
                 upstream_factory=self._upstream_factory,
                 on_gone=self._channel_gone,
             )
-            self.channels[key] = channel
+            self.channels[registry_key] = channel
             self.channels_opened += 1
             channel.start()
             assert channel.task is not None
@@ -229,7 +251,7 @@ class WatchHub:
         held.leave(session, reason)
         if notify:
             session.push(self.frames.event("unsubscribed", {"channel": key, "reason": reason}, channel=key))
-        channel = self.channels.get(key)
+        channel = self.channels.get(held.registry_key)
         if channel is not None:
             self._maybe_idle(channel)
 
@@ -240,24 +262,24 @@ class WatchHub:
     def _park_subscriptions(self, session: Session) -> None:
         """The client starts over but may still hold what it had: each channel it held waits
         for it (see :meth:`Channel.park`) until it subscribes again or the session ends."""
-        for key in list(session.channels):
-            channel = self.channels.get(key)
-            if channel is None or session.channels.get(key) is not channel:
+        for key, held in list(session.channels.items()):
+            channel = self.channels.get(held.registry_key)
+            if channel is None or held is not channel:
                 self.unsubscribe(session, key, notify=False)
                 continue
             channel.park(session)
-            session.released[key] = None
+            session.released[key] = channel.registry_key
         while len(session.released) > self.limits.max_subscriptions_per_client:
             self._unpark(session, next(iter(session.released)))  # the oldest: bounded per session
 
     def _unpark(self, session: Session, key: str) -> None:
-        session.released.pop(key, None)
-        channel = self.channels.get(key)
+        registry_key = session.released.pop(key, None)
+        channel = self.channels.get(registry_key) if registry_key is not None else None
         if channel is not None and channel.unpark(session):
             self._maybe_idle(channel)
 
     def _maybe_idle(self, channel: Channel) -> None:
-        if channel.subscriber_count or self.channels.get(channel.key) is not channel:
+        if channel.subscriber_count or self.channels.get(channel.registry_key) is not channel:
             return
         if channel.grace_handle is not None:
             return
@@ -270,13 +292,14 @@ class WatchHub:
             self._close_channel(channel)
 
     def _close_channel(self, channel: Channel) -> None:
-        if self.channels.get(channel.key) is channel:
-            del self.channels[channel.key]
+        if self.channels.get(channel.registry_key) is channel:
+            del self.channels[channel.registry_key]
             self.retired["events"] += channel.events
             self.retired["deliveries"] += channel.deliveries
         if channel.grace_handle is not None:
             channel.grace_handle.cancel()
             channel.grace_handle = None
+        channel.stop()
         self._changed()
         task = channel.task
         if task is not None and not task.done():
@@ -293,7 +316,7 @@ class WatchHub:
         log.info("channel.gone", channel=channel.key)
 
     def _upstream_done(self, channel: Channel, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self.channels.get(channel.key) is not channel:
+        if task.cancelled() or self.channels.get(channel.registry_key) is not channel:
             return
         exc = task.exception()
         # An informer only returns after GONE; anything else is a bug: restart, do not go silent.
@@ -301,7 +324,7 @@ class WatchHub:
         loop = asyncio.get_running_loop()
 
         def restart() -> None:
-            if self.channels.get(channel.key) is channel:
+            if self.channels.get(channel.registry_key) is channel:
                 channel.restart_upstream()
                 assert channel.task is not None
                 channel.task.add_done_callback(lambda t: self._upstream_done(channel, t))
@@ -331,11 +354,18 @@ class WatchHub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _subscriptions_by_key(self) -> dict[str, int]:
+        """Subscribers per channel key (user-scoped channels of several users add up)."""
+        counts: dict[str, int] = {}
+        for channel in self.channels.values():
+            counts[channel.key] = counts.get(channel.key, 0) + channel.subscriber_count
+        return counts
+
     def stats(self) -> dict[str, Any]:
         return {
             "clients": len(self.sessions),
             "upstreams": len(self.channels),
-            "subscriptions": {key: ch.subscriber_count for key, ch in self.channels.items()},
+            "subscriptions": self._subscriptions_by_key(),
             "streams": sum(1 for s in self.sessions.values() if s.attached),
             "channelsOpened": self.channels_opened,
         }

@@ -48,6 +48,10 @@ class Subscription(Protocol):
     def key(self) -> str: ...
 
     @property
+    def registry_key(self) -> str:
+        """The key plus, for a user-scoped channel, its user (see ``WatchHub.channels``)."""
+
+    @property
     def target(self) -> WatchTarget: ...
 
     def resnapshot(self, session: Session) -> None:
@@ -97,9 +101,10 @@ class Session:
         self.resyncs = 0
         self.closing = False
         """Set by a drain: the stream ends once what is queued is written."""
-        self.released: dict[str, None] = {}
+        self.released: dict[str, str] = {}
         """Channels held when the client last started over (a stream without ``Last-Event-ID``):
-        it may still hold their objects, so subscribing again gets deletions of what is gone."""
+        it may still hold their objects, so subscribing again gets deletions of what is gone. Channel
+        key -> registry key."""
         self.removed = False
         """The hub has ended this session: no stream may attach to it any more."""
         self._chunked = True

@@ -617,8 +617,21 @@ def _connection_error(exc: BaseException) -> UpstreamConnectionError:
         reason = "TLSError"  # a handshake or certificate failure: say so, it is not the network
     else:
         reason = "ConnectionFailed"
-    # str(exc) of aiohttp and OS errors names host, port or errno, never headers.
-    return UpstreamConnectionError(f"{type(exc).__name__}: {exc}", reason=reason)
+    # str(exc) of aiohttp and OS errors names host, port or errno, never headers: the log gets it,
+    # clients get a sentence that names no internal address.
+    return UpstreamConnectionError(
+        f"{_PUBLIC_CONNECTION_MESSAGES[reason]} ({type(exc).__name__})",
+        reason=reason,
+        detail=f"{type(exc).__name__}: {exc}",
+    )
+
+
+_PUBLIC_CONNECTION_MESSAGES: Final[dict[str, str]] = {
+    "StreamCut": "the watch stream from the control plane was cut",
+    "ServerDisconnected": "the control plane closed the connection",
+    "TLSError": "the TLS connection to the control plane failed",
+    "ConnectionFailed": "the control plane could not be reached",
+}
 
 
 __all__ = [

@@ -60,17 +60,22 @@ class APIError(Exception):
     default_status: int = 500
     default_reason: str = "InternalError"
 
-    def __init__(self, message: str = "", *, status: int | None = None, reason: str = "") -> None:
+    def __init__(
+        self, message: str = "", *, status: int | None = None, reason: str = "", detail: str = ""
+    ) -> None:
         self.status: int = self.default_status if status is None else status
         # Redact before cutting: a credential cut in half would no longer be recognised.
         self.reason: str = _clean_reason(reason) or self.default_reason
         self.message: str = (truncate(redact_text(message)) if message else "") or self.reason
+        self.detail: str = truncate(redact_text(detail)) if detail else ""
+        """For the log only (it may name internal addresses); ``message`` is what clients see."""
         super().__init__(self.message)
 
     def redact(self, secrets: Iterable[str | None]) -> None:
         """Replace each of ``secrets`` (the tokens the request used) in reason and message."""
         self.reason = redact_text(self.reason, secrets)
         self.message = redact_text(self.message, secrets)
+        self.detail = redact_text(self.detail, secrets)
         self.args = (self.message,)
 
     def __str__(self) -> str:

@@ -234,6 +234,7 @@ class Informer:
             "code": exc.status,
             "reason": exc.reason,
             "message": exc.message,
+            "detail": exc.detail,
             "error_type": type(cause if cause is not None else exc).__name__,
             "attempt": attempt,
             "retry_in_s": round(delay, 3),

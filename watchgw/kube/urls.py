@@ -1,8 +1,10 @@
 """Channel fields -> upstream URL and query (PROTOCOL.md section 2).
 
 ``<url><scope prefix>/<api | apis/<group>>/<version>[/namespaces/<ns>]/<plural>``, where the scope
-prefix is ``project_prefix`` (``{project}`` filled in) when the channel has a project, else
-``org_prefix`` (``{org}``) when it has an organization, else empty: a plain Kubernetes API server.
+prefix is ``user_prefix`` (``{user}``: the caller's user id) for a user-scoped channel, else
+``project_prefix`` (``{project}`` filled in) when the channel has a project, else ``org_prefix``
+(``{org}``) when it has an organization, else empty: a plain Kubernetes API server. A project
+channel without a namespace watches ``project_default_namespace`` (see :func:`upstream_target`).
 
 Every query parameter appears exactly once (the seed sent ``watch`` and ``timeoutSeconds`` twice)
 and every value is percent-encoded with :func:`urllib.parse.quote` (``safe=""``), so selectors
@@ -12,6 +14,7 @@ encoded: hand it to aiohttp as ``yarl.URL(url, encoded=True)`` so it is not enco
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import quote
 
 from watchgw.config import UpstreamConfig
@@ -22,8 +25,23 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def scope_prefix(config: UpstreamConfig, *, project_id: str = "", org_id: str = "") -> str:
-    """The path between ``config.url`` and ``/api...``: a project's or org's control plane, or ""."""
+def upstream_target(config: UpstreamConfig, target: WatchTarget) -> WatchTarget:
+    """What is watched for a channel: a project channel without a namespace watches
+    ``project_default_namespace`` (the channel key keeps the namespace as the client sent it)."""
+    if (
+        target.project_id
+        and not target.namespace
+        and not target.user_scoped
+        and config.project_default_namespace
+    ):
+        return dataclasses.replace(target, namespace=config.project_default_namespace)
+    return target
+
+
+def scope_prefix(config: UpstreamConfig, *, project_id: str = "", org_id: str = "", user: str = "") -> str:
+    """The path between ``config.url`` and ``/api...``: a user's, project's or org's control plane, or ""."""
+    if user:
+        return config.user_prefix.replace("{user}", _segment(user))
     if project_id:
         return config.project_prefix.replace("{project}", _segment(project_id))
     if org_id:
@@ -31,9 +49,21 @@ def scope_prefix(config: UpstreamConfig, *, project_id: str = "", org_id: str = 
     return ""
 
 
-def scope_base_url(config: UpstreamConfig, *, project_id: str = "", org_id: str = "") -> str:
+def scope_base_url(config: UpstreamConfig, *, project_id: str = "", org_id: str = "", user: str = "") -> str:
     """``config.url`` plus the scope prefix: where a channel's control plane answers (access reviews)."""
-    return config.url.rstrip("/") + scope_prefix(config, project_id=project_id, org_id=org_id)
+    return config.url.rstrip("/") + scope_prefix(config, project_id=project_id, org_id=org_id, user=user)
+
+
+def target_base_url(config: UpstreamConfig, target: WatchTarget) -> str:
+    """The control plane of ``target``'s scope (a user-scoped target without a user is refused)."""
+    if target.user_scoped and not target.user:
+        raise ValueError("a user-scoped target needs a user id")
+    return scope_base_url(
+        config,
+        project_id=target.project_id,
+        org_id=target.org_id,
+        user=target.user if target.user_scoped else "",
+    )
 
 
 def collection_path(target: WatchTarget) -> str:
@@ -50,8 +80,7 @@ def collection_path(target: WatchTarget) -> str:
 
 def build_collection_url(config: UpstreamConfig, target: WatchTarget) -> str:
     """The collection URL of ``target`` (no query)."""
-    base = scope_base_url(config, project_id=target.project_id, org_id=target.org_id)
-    return base + collection_path(target)
+    return target_base_url(config, target) + collection_path(target)
 
 
 def field_selector(target: WatchTarget) -> str:

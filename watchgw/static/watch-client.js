@@ -18,10 +18,14 @@
 
   // The channel key exactly as the gateway forms it (PROTOCOL.md section 2), so a channel can be
   // registered before the subscribe answer arrives: its first frames may come before that answer.
+  // Eight segments (the last "user" for a user-scoped channel), or seven for a gateway configured
+  // with the original document's keys (keySegments: 7).
   const KEY_FIELDS = ["orgId", "projectId", "namespace", "name", "labelSelector", "fieldSelector"];
-  function channelKey(fields) {
+  function channelKey(fields, segments) {
     const esc = (v) => String(v || "").replace(/%/g, "%25").replace(/:/g, "%3A");
-    return [fields.resourceType].concat(KEY_FIELDS.map((f) => esc(fields[f]))).join(":");
+    const parts = [fields.resourceType].concat(KEY_FIELDS.map((f) => esc(fields[f])));
+    if (segments !== 7) parts.push(fields.userScoped ? "user" : "");
+    return parts.join(":");
   }
 
   function randomId() {
@@ -35,6 +39,7 @@
       this.baseUrl = opts.baseUrl || "";
       this.basePath = opts.basePath || "/api/watch";
       this.clientId = opts.clientId || randomId();
+      this.keySegments = opts.keySegments || 8;
       this.channels = new Map(); // key -> {fields, objects: Map, synced, rv, listeners: Set}
       this.pending = new Set(); // channel keys asked for while the stream was not connected
       this.connected = false;
@@ -132,7 +137,7 @@
     // Subscribe to a channel; listener(objects, event, kind) runs after every change once synced.
     // Returns a function that unsubscribes.
     watch(fields, listener) {
-      const key = channelKey(fields);
+      const key = channelKey(fields, this.keySegments);
       const existing = this.channels.get(key);
       if (existing) {
         existing.listeners.add(listener);

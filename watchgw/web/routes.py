@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from typing import Any
 
@@ -16,6 +17,7 @@ from watchgw.hub.errors import InvalidRequest
 from watchgw.hub.hub import WatchHub
 from watchgw.hub.keys import InvalidField, parse_channel_key, target_from_fields
 from watchgw.kube.types import MAX_RESOURCE_VERSION_CHARS, is_valid_resource_version
+from watchgw.kube.urls import upstream_target
 from watchgw.web.access import ANONYMOUS, Access, Caller
 from watchgw.web.body import RateLimited, fail, read_json_object
 from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
@@ -36,6 +38,7 @@ _SUBSCRIBE_FIELDS = frozenset(
         "fieldSelector",
         "resourceVersion",
         "snapshot",
+        "userScoped",
     }
 )
 _UNSUBSCRIBE_FIELDS = frozenset({"clientId", "channel"})
@@ -145,6 +148,14 @@ async def subscribe(request: web.Request) -> web.Response:
         target = target_from_fields(body)
     except InvalidField as exc:
         raise InvalidRequest(str(exc)) from None
+    if target.user_scoped:
+        if not caller.user_id:
+            raise InvalidRequest(
+                'userScoped: needs an authenticated user (auth.mode = "bearer" or "forward") with a'
+                " user id; this caller has none"
+            )
+        # The user comes from the caller's identity, never from the request.
+        target = dataclasses.replace(target, user=caller.user_id)
     resource_version = body.get("resourceVersion")
     if (
         resource_version is not None
@@ -159,9 +170,14 @@ async def subscribe(request: web.Request) -> web.Response:
     if not isinstance(snapshot, bool):
         raise InvalidRequest("snapshot: must be true or false")
     session = hub.session_for(client_id, caller.identity)
-    key, _already = hub.check_subscribe(session, target)  # limits before any work upstream
-    # Authorized with the caller's own token, also when the channel is open for someone else.
-    await request.app[ACCESS].authorize(caller, target, key)
+    try:
+        key, _already = hub.check_subscribe(session, target)  # limits before any work upstream
+    except InvalidField as exc:
+        raise InvalidRequest(str(exc)) from None
+    # Authorized with the caller's own token, also when the channel is open for someone else,
+    # for what is really watched (a project's default namespace).
+    watched = upstream_target(request.app[CONFIG].upstream, target)
+    await request.app[ACCESS].authorize(caller, watched, key)
     # The session may have ended while authorization was awaited: look it up again.
     session = hub.session_for(client_id, caller.identity)
     session.token = caller.token
@@ -176,7 +192,8 @@ async def unsubscribe(request: web.Request) -> web.Response:
     if not isinstance(key, str) or not key:
         raise InvalidRequest("channel: must be the channel key returned by subscribe")
     try:
-        parse_channel_key(key)
+        # Either key form (seven or eight segments) names the same subscription.
+        key = hub.key_of(parse_channel_key(key))
     except InvalidField as exc:
         raise InvalidRequest(str(exc)) from None
     session = hub.session_for(client_id, caller.identity)

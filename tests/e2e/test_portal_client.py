@@ -1,0 +1,106 @@
+"""The portal's own client, unchanged, against watchgw (issue: a drop-in behind ``/api/watch``).
+
+``tests/portal_client.py`` behaves like the portal's ``watch.manager.ts``: eight-segment keys it
+computes itself, fetch-style reading, no ``Last-Event-ID``, never clears what it holds, gives up on
+the first ``watch-error``. Against the simulator, through real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import make_config
+from tests.portal_client import PortalClient, object_key
+from tests.stacks import fast_upstream, sim_and_gateway
+from watchgw.sim import Fault, Simulator
+
+SECRETS = "api/v1/secrets"
+ZONES = "apis/dns.networking.miloapis.com/v1alpha1/dnszones"
+
+
+def objects_of(sim: Simulator, resource_type: str, *, project: str, namespace: str) -> dict[str, Any]:
+    return {object_key(o): o for o in sim.list_objects(resource_type, project=project, namespace=namespace)}
+
+
+@contextlib.asynccontextmanager
+async def portal(**limits: Any) -> AsyncIterator[tuple[Simulator, str, PortalClient]]:
+    config_of = lambda url: fast_upstream(make_config(url, limits={"session_ttl_s": 30, **limits}))  # noqa: E731
+    async with sim_and_gateway(config_of) as (sim, _app, url):
+        client = PortalClient(url, client_id="6b0f5a8e-portal-tab-1")
+        try:
+            yield sim, url, client
+        finally:
+            await client.close()
+
+
+async def stats(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/watch/stats") as response:
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def test_lists_fill_live_changes_arrive_and_unsubscribe_releases() -> None:
+    async with portal() as (sim, url, client):
+        for name in ("a", "b"):
+            sim.create(SECRETS, {"metadata": {"name": name}}, project="p1", namespace="default")
+        sim.create(SECRETS, {"metadata": {"name": "elsewhere"}}, project="p1", namespace="other")
+        sim.create(ZONES, {"metadata": {"name": "z"}}, project="p1", namespace="default")
+        await client.connect()
+        # No namespace: the portal means the project's "default" namespace (and keys it as sent).
+        secrets = await client.subscribe(resourceType=SECRETS, projectId="p1")
+        zones = await client.subscribe(resourceType=ZONES, projectId="p1", namespace="default")
+        assert secrets == f"{SECRETS}::p1:::::"
+        await client.wait_for(secrets, objects_of(sim, SECRETS, project="p1", namespace="default"))
+        await client.wait_for(zones, objects_of(sim, ZONES, project="p1", namespace="default"))
+        sim.create(SECRETS, {"metadata": {"name": "c"}}, project="p1", namespace="default")
+        sim.update(
+            SECRETS, {"metadata": {"name": "a"}, "data": {"v": "2"}}, project="p1", namespace="default"
+        )
+        sim.delete(SECRETS, "b", project="p1", namespace="default")
+        await client.wait_for(secrets, objects_of(sim, SECRETS, project="p1", namespace="default"))
+        assert client.dropped == 0, "every event carried a key the client computed"
+        assert await client.unsubscribe(zones) == 200
+        assert (await stats(url))["subscriptions"].get(zones, 0) == 0
+
+
+async def test_a_cut_stream_converges_although_the_client_never_clears_its_state() -> None:
+    async with portal() as (sim, _url, client):
+        for name in ("a", "b", "c"):
+            sim.create(SECRETS, {"metadata": {"name": name}}, project="p1", namespace="default")
+        await client.connect()
+        key = await client.subscribe(resourceType=SECRETS, projectId="p1", namespace="default")
+        await client.wait_for(key, objects_of(sim, SECRETS, project="p1", namespace="default"))
+        await client.disconnect()  # the stream breaks; the gateway keeps running
+        sim.delete(SECRETS, "a", project="p1", namespace="default")
+        sim.delete(SECRETS, "b", project="p1", namespace="default")
+        sim.create(SECRETS, {"metadata": {"name": "d"}}, project="p1", namespace="default")
+        await client.connect()  # same cid, no Last-Event-ID; subscribes everything again
+        await client.wait_for(key, objects_of(sim, SECRETS, project="p1", namespace="default"))
+        assert set(client.objects[key]) == {"default/c", "default/d"}
+
+
+async def test_a_blip_upstream_is_not_an_error_a_long_failure_is_one_without_addresses() -> None:
+    async with portal(watch_error_after_s=1.0) as (sim, _url, client):
+        sim.create(SECRETS, {"metadata": {"name": "a"}}, project="p1", namespace="default")
+        await client.connect()
+        key = await client.subscribe(resourceType=SECRETS, projectId="p1", namespace="default")
+        await client.wait_for(key, objects_of(sim, SECRETS, project="p1", namespace="default"))
+        # A blip: two failed watches, then the upstream is back; the change made meanwhile arrives.
+        sim.inject(Fault(kind="error500", on="watch", count=2))
+        sim.cut_watches()
+        sim.create(SECRETS, {"metadata": {"name": "b"}}, project="p1", namespace="default")
+        await client.wait_for(key, objects_of(sim, SECRETS, project="p1", namespace="default"))
+        assert key not in client.errors
+        # A failure that lasts: reported once it has lasted watch_error_after_s.
+        sim.inject(Fault(kind="error500", on="any", count=10_000))
+        sim.cut_watches()
+        async with asyncio.timeout(10), client._changed:
+            await client._changed.wait_for(lambda: key in client.errors)
+        error = client.errors[key]
+        assert error["code"] == 500
+        assert "127.0.0.1" not in error["message"]
