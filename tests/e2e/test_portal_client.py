@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import make_config
+from tests.forward_auth import ForwardAuthServer
 from tests.portal_client import PortalClient, object_key
 from tests.stacks import fast_upstream, sim_and_gateway
 from watchgw.sim import Fault, Simulator
@@ -27,15 +29,41 @@ def objects_of(sim: Simulator, resource_type: str, *, project: str, namespace: s
     return {object_key(o): o for o in sim.list_objects(resource_type, project=project, namespace=namespace)}
 
 
+#: The portal's session cookie -> the user's control-plane token (what the forward-auth service knows).
+SESSIONS = {"portal-session-of-alice": "tok-alice-0123456789"}
+
+
+@pytest.fixture(params=["none", "forward"])
+def auth_mode(request: pytest.FixtureRequest) -> str:
+    """Each test runs without authentication and with the portal's session cookie only."""
+    return str(request.param)
+
+
 @contextlib.asynccontextmanager
-async def portal(**limits: Any) -> AsyncIterator[tuple[Simulator, str, PortalClient]]:
-    config_of = lambda url: fast_upstream(make_config(url, limits={"session_ttl_s": 30, **limits}))  # noqa: E731
-    async with sim_and_gateway(config_of) as (sim, _app, url):
-        client = PortalClient(url, client_id="6b0f5a8e-portal-tab-1")
-        try:
-            yield sim, url, client
-        finally:
-            await client.close()
+async def portal(auth_mode: str, **limits: Any) -> AsyncIterator[tuple[Simulator, str, PortalClient]]:
+    async with contextlib.AsyncExitStack() as stack:
+        auth: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        if auth_mode == "forward":
+            forward_url = await stack.enter_async_context(ForwardAuthServer(SESSIONS).running())
+            auth = {"mode": "forward", "forward_url": forward_url, "recheck_s": 3600}
+            headers = {"Cookie": "session=portal-session-of-alice"}
+
+        # As the portal does: the shared watch runs with a subscriber's own token.
+        upstream = {"credential": "subscriber"} if auth_mode == "forward" else {}
+
+        def config_of(url: str) -> Any:
+            config = make_config(url, auth=auth, upstream=upstream, limits={"session_ttl_s": 30, **limits})
+            return fast_upstream(config)
+
+        def prepare(sim: Simulator) -> None:
+            if auth_mode == "forward":
+                sim.tokens = {"tok-alice-0123456789": "alice"}  # any authenticated user may read
+
+        sim, _app, url = await stack.enter_async_context(sim_and_gateway(config_of, prepare=prepare))
+        client = PortalClient(url, client_id="6b0f5a8e-portal-tab-1", headers=headers)
+        stack.push_async_callback(client.close)
+        yield sim, url, client
 
 
 async def stats(url: str) -> dict[str, Any]:
@@ -44,8 +72,8 @@ async def stats(url: str) -> dict[str, Any]:
         return result
 
 
-async def test_lists_fill_live_changes_arrive_and_unsubscribe_releases() -> None:
-    async with portal() as (sim, url, client):
+async def test_lists_fill_live_changes_arrive_and_unsubscribe_releases(auth_mode: str) -> None:
+    async with portal(auth_mode) as (sim, url, client):
         for name in ("a", "b"):
             sim.create(SECRETS, {"metadata": {"name": name}}, project="p1", namespace="default")
         sim.create(SECRETS, {"metadata": {"name": "elsewhere"}}, project="p1", namespace="other")
@@ -68,8 +96,8 @@ async def test_lists_fill_live_changes_arrive_and_unsubscribe_releases() -> None
         assert (await stats(url))["subscriptions"].get(zones, 0) == 0
 
 
-async def test_a_cut_stream_converges_although_the_client_never_clears_its_state() -> None:
-    async with portal() as (sim, _url, client):
+async def test_a_cut_stream_converges_although_the_client_never_clears_its_state(auth_mode: str) -> None:
+    async with portal(auth_mode) as (sim, _url, client):
         for name in ("a", "b", "c"):
             sim.create(SECRETS, {"metadata": {"name": name}}, project="p1", namespace="default")
         await client.connect()
@@ -84,8 +112,10 @@ async def test_a_cut_stream_converges_although_the_client_never_clears_its_state
         assert set(client.objects[key]) == {"default/c", "default/d"}
 
 
-async def test_a_blip_upstream_is_not_an_error_a_long_failure_is_one_without_addresses() -> None:
-    async with portal(watch_error_after_s=1.0) as (sim, _url, client):
+async def test_a_blip_upstream_is_not_an_error_a_long_failure_is_one_without_addresses(
+    auth_mode: str,
+) -> None:
+    async with portal(auth_mode, watch_error_after_s=1.0) as (sim, _url, client):
         sim.create(SECRETS, {"metadata": {"name": "a"}}, project="p1", namespace="default")
         await client.connect()
         key = await client.subscribe(resourceType=SECRETS, projectId="p1", namespace="default")
@@ -104,3 +134,17 @@ async def test_a_blip_upstream_is_not_an_error_a_long_failure_is_one_without_add
         error = client.errors[key]
         assert error["code"] == 500
         assert "127.0.0.1" not in error["message"]
+
+
+async def test_user_scoped_lists_fill_with_the_session_cookie_only() -> None:
+    async with portal("forward") as (sim, _url, client):
+        uid = sim.uid_of("alice")
+        sim.create(SECRETS, {"metadata": {"name": "mine"}}, user=uid, namespace="default")
+        await client.connect()
+        key = await client.subscribe(resourceType=SECRETS, namespace="default", userScoped=True)
+        assert key == f"{SECRETS}:::default::::user"
+        mine = {object_key(o): o for o in sim.list_objects(SECRETS, user=uid, namespace="default")}
+        await client.wait_for(key, mine)
+        sim.create(SECRETS, {"metadata": {"name": "mine-2"}}, user=uid, namespace="default")
+        mine = {object_key(o): o for o in sim.list_objects(SECRETS, user=uid, namespace="default")}
+        await client.wait_for(key, mine)

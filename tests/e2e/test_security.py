@@ -314,3 +314,30 @@ async def test_no_token_in_any_log_line_of_an_authenticated_session(secure: Secu
     assert "client.connected" in text
     for token in (*TOKENS, "tok-wrong-9876543210"):
         assert token not in text
+
+
+async def test_user_scoped_channels_with_the_same_key_never_share_events(secure: Secure) -> None:
+    """The original shares a user-scoped channel between users whose subscriptions have the same
+    key (the key does not name the user): a cross-user leak. watchgw keeps one per user."""
+    sim = secure.sim
+    alice_uid, bob_uid = sim.uid_of("alice"), sim.uid_of("bob")
+    sim.create(SECRETS, {"metadata": {"name": "alice-1"}}, user=alice_uid, namespace="default")
+    sim.create(SECRETS, {"metadata": {"name": "bob-1"}}, user=bob_uid, namespace="default")
+    alice = await secure.client(ALICE)
+    bob = await secure.client(BOB)
+    fields = {"resourceType": SECRETS, "namespace": "default", "userScoped": True}
+    key = await alice.subscribe(**fields)
+    assert key == f"{SECRETS}:::default::::user"
+    assert await bob.subscribe(**fields) == key
+    await alice.wait_for(lambda c: key in c.synced)
+    await bob.wait_for(lambda c: key in c.synced)
+    assert set(alice.objects(key)) == {"default/alice-1"}
+    assert set(bob.objects(key)) == {"default/bob-1"}
+    assert len(secure.hub.channels) == 2, "one upstream watch per user"
+    sim.create(SECRETS, {"metadata": {"name": "alice-2"}}, user=alice_uid, namespace="default")
+    sim.create(SECRETS, {"metadata": {"name": "bob-2"}}, user=bob_uid, namespace="default")
+    await alice.wait_for(lambda c: "default/alice-2" in c.objects(key))
+    await bob.wait_for(lambda c: "default/bob-2" in c.objects(key))
+    for client, other in ((alice, "bob"), (bob, "alice")):
+        seen = " ".join(e.data for e in client.events if e.event == "watch")
+        assert other not in seen, f"{other}'s objects reached the wrong user"

@@ -49,8 +49,8 @@ class FakeChannel:
         self._resnapshots.happened.set()
         session.push(FRAMES.event("resync", {"channel": self.key, "reason": "overflow"}, channel=self.key))
 
-    def leave(self, session: Session, reason: str) -> bool:
-        session.left(self.key, reason)
+    def leave(self, session: Session, reason: str, *, parking: bool = False) -> bool:
+        session.left(self.key, reason, parking=parking)
         return True
 
 

@@ -318,3 +318,13 @@ async def test_metric_totals_survive_closed_channels(gateway: Gateway) -> None:
     assert "watchgw_deliveries_total 1.0" in text
     assert "watchgw_upstream_events_total 1.0" in text
     assert "watchgw_channels 0.0" in text
+
+
+async def test_user_scoped_needs_an_authenticated_user(gateway: Gateway) -> None:
+    client = await gateway.client()
+    with pytest.raises(WatchClientError) as refused:
+        await client.subscribe(resourceType="api/v1/secrets", userScoped=True)
+    assert (refused.value.status, refused.value.code) == (400, "invalid_request")
+    assert "userScoped" in refused.value.message
+    assert "authenticated" in refused.value.message
+    assert not gateway.hub.channels, "nothing was opened for it"

@@ -103,9 +103,11 @@ class Channel:
         """Sessions that held the channel when their client started over (a stream without
         ``Last-Event-ID``): they receive nothing, but keep the channel and its tombstones for
         when the client subscribes again (within ``session_ttl_s``)."""
-        self.tombstones: deque[tuple[ObjectKey, bytes]] = deque()
-        """(key, last known object) of the latest deletions, at most ``history_limit``: what a
-        client that never clears its state may still hold when it comes back."""
+        self.tombstones: deque[tuple[int, ObjectKey, bytes]] = deque()
+        """(number, key, last known object) of the latest deletions, at most ``history_limit``:
+        what a client that never clears its state may still hold when it comes back."""
+        self.buried = 0
+        """Deletions so far: a session notes it when it joins, and later gets only newer ones."""
         self.synced = False
         self.phase = InformerPhase.LISTING
         self.error_frame: Frame | None = None
@@ -195,8 +197,9 @@ class Channel:
         self._fan_out(frames)
 
     def _bury(self, event: WatchEvent) -> None:
+        self.buried += 1
         tombstones = self.tombstones
-        tombstones.append((event.key, event.object_json))
+        tombstones.append((self.buried, event.key, event.object_json))
         if len(tombstones) > self.history_limit:
             tombstones.popleft()
 
@@ -326,20 +329,22 @@ class Channel:
         """A control frame of this channel made for one session (not kept for replay)."""
         return self._frames.event(event, {"channel": self.key, **data}, channel=self.key, snapshot=True)
 
-    def _snapshot_frames(self, *, resync: str | None = None, stale: bool = False) -> list[Frame]:
+    def _snapshot_frames(self, *, resync: str | None = None, stale_since: int | None = None) -> list[Frame]:
         """``resync`` (when a reason is given), every object as ADDED, then ``synced``: frames
         made in the order they are sent, so their ids increase. The objects carry no position:
         only ``synced`` marks a complete state.
 
-        ``stale``: the client may still hold objects of this channel from before (it may ignore
-        ``resync`` and never clear its state, as the portal's client does), so a DELETED follows
-        for every recently deleted object that is gone (from :attr:`tombstones`; possibly one the
-        client never had, which is harmless)."""
+        ``stale_since``: the client may still hold objects of this channel from before (it may
+        ignore ``resync`` and never clear its state, as the portal's client does), so a DELETED
+        follows for every object deleted after deletion number ``stale_since`` (when the session
+        first joined) that is gone (from :attr:`tombstones`; possibly one the client already saw
+        deleted, which is harmless)."""
         frames = self._frames
         out = []
         if resync is not None:
             out.append(self._control("resync", reason=resync))
-            stale = True
+            if stale_since is None:
+                stale_since = 0
         out += [
             frames.watch(
                 channel_json=self.key_json,
@@ -352,16 +357,18 @@ class Channel:
             )
             for key, event in self.upstream.objects.items()
         ]
-        if stale:
-            out += self._deletions()
+        if stale_since is not None:
+            out += self._deletions(stale_since)
         out.append(self._control("synced", resourceVersion=self.rv))
         return out
 
-    def _deletions(self) -> list[Frame]:
+    def _deletions(self, since: int) -> list[Frame]:
         objects = self.upstream.objects
         done: set[ObjectKey] = set()
         out = []
-        for key, object_json in reversed(self.tombstones):
+        for number, key, object_json in reversed(self.tombstones):
+            if number <= since:
+                break
             if key in objects or key in done:
                 continue
             done.add(key)
@@ -384,6 +391,7 @@ class Channel:
 
         ``resource_version`` must be ASCII digits (the web layer refuses anything else)."""
         came_back = self.parked.pop(session, None) is not None or self.key in session.released
+        joined_at = session.deletions_seen.setdefault(self.key, self.buried)
         session.joined(self)
         session.push(self._control("subscribed"))
         if self.error_frame is not None:
@@ -401,7 +409,10 @@ class Channel:
                 session.push_many(catch_up)
             else:
                 session.push_many(
-                    self._snapshot_frames(resync="expired" if resource_version else None, stale=came_back)
+                    self._snapshot_frames(
+                        resync="expired" if resource_version else None,
+                        stale_since=joined_at if came_back else None,
+                    )
                 )
         self.subscribers[session] = None
 
@@ -418,15 +429,15 @@ class Channel:
     def park(self, session: Session) -> None:
         """``session``'s client started over: keep the channel for it until it subscribes again
         (:meth:`join`) or the session ends (:meth:`unpark`)."""
-        self.leave(session, "client")
+        self.leave(session, "client", parking=True)
         self.parked[session] = None
 
     def unpark(self, session: Session) -> bool:
         return self.parked.pop(session, None) is not None
 
-    def leave(self, session: Session, reason: str) -> bool:
+    def leave(self, session: Session, reason: str, *, parking: bool = False) -> bool:
         """Remove a subscriber; True when it was one."""
-        session.left(self.key, reason)
+        session.left(self.key, reason, parking=parking)
         if self._credential.owner_left(session) and self.subscriber_count > 1:
             # Its token must not keep the shared watch open: resume with another subscriber's.
             self.upstream.restart_watch()
@@ -444,4 +455,6 @@ class Channel:
             self.subscribers.pop(session, None)
             self.waiting[session] = True
             return
-        session.push_many(self._snapshot_frames(resync="overflow"))
+        session.push_many(
+            self._snapshot_frames(resync="overflow", stale_since=session.deletions_seen.get(self.key, 0))
+        )

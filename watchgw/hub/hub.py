@@ -274,6 +274,7 @@ class WatchHub:
 
     def _unpark(self, session: Session, key: str) -> None:
         registry_key = session.released.pop(key, None)
+        session.deletions_seen.pop(key, None)
         channel = self.channels.get(registry_key) if registry_key is not None else None
         if channel is not None and channel.unpark(session):
             self._maybe_idle(channel)

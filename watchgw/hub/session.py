@@ -57,7 +57,7 @@ class Subscription(Protocol):
     def resnapshot(self, session: Session) -> None:
         """``resync`` + snapshot + ``synced`` for this session, which fell too far behind."""
 
-    def leave(self, session: Session, reason: str) -> bool:
+    def leave(self, session: Session, reason: str, *, parking: bool = False) -> bool:
         """Stop delivering to ``session`` (which calls :meth:`Session.left` for it)."""
 
 
@@ -81,6 +81,7 @@ class Session:
         "channels",
         "client_id",
         "closing",
+        "deletions_seen",
         "identity",
         "released",
         "removed",
@@ -105,6 +106,9 @@ class Session:
         """Channels held when the client last started over (a stream without ``Last-Event-ID``):
         it may still hold their objects, so subscribing again gets deletions of what is gone. Channel
         key -> registry key."""
+        self.deletions_seen: dict[str, int] = {}
+        """Channel key -> the channel's deletion count when the session first joined it (kept
+        while parked): the deletions a client that never clears its state may have missed."""
         self.removed = False
         """The hub has ended this session: no stream may attach to it any more."""
         self._chunked = True
@@ -212,9 +216,12 @@ class Session:
         if self._log is not None:
             self._log.rejoined(channel.key)
 
-    def left(self, channel: str, reason: str) -> None:
-        """The session left the channel: nothing more of it may be delivered."""
+    def left(self, channel: str, reason: str, *, parking: bool = False) -> None:
+        """The session left the channel: nothing more of it may be delivered. ``parking``: the
+        client started over and may come back for it (see ``Channel.park``)."""
         self.channels.pop(channel, None)
+        if not parking:
+            self.deletions_seen.pop(channel, None)
         self._resync.pop(channel, None)
         if self._log is None:
             self._log = ReplayLog(self._limit)

@@ -1,21 +1,34 @@
 """The two questions watchgw asks the control plane about a client, with the client's own token.
 
-``SelfSubjectReview`` (authentication.k8s.io/v1): who is this token? ``SelfSubjectAccessReview``
+``SelfSubjectReview`` (authentication.k8s.io/v1): who is this token? Its answer's
+``status.userInfo`` gives the username (the caller's identity) and the ``uid`` (the user id of
+user-scoped channels, unless ``auth.user_field = "username"``). ``SelfSubjectAccessReview``
 (authorization.k8s.io/v1): may it ``watch`` this channel? The access review goes to the channel's
-own control plane (its project or org prefix), where the channel's RBAC lives.
+own control plane (its project, org or, for a user-scoped channel, user prefix), where the
+channel's RBAC lives.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from watchgw.kube.client import KubeClient
 from watchgw.kube.errors import MalformedResponseError
 from watchgw.kube.types import WatchTarget
-from watchgw.kube.urls import scope_base_url
+from watchgw.kube.urls import scope_base_url, target_base_url
 
 SSR_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """Who a token is: ``status.userInfo`` of its SelfSubjectReview."""
+
+    username: str
+    uid: str = ""
+    """"" when the control plane sends none (anonymous users, some authenticators)."""
 
 
 def resource_attributes(target: WatchTarget, verb: str = "watch") -> dict[str, str]:
@@ -37,7 +50,7 @@ class KubeReviews:
     def __init__(self, client: KubeClient) -> None:
         self._client = client
 
-    async def who_am_i(self, token: str) -> str:
+    async def who_am_i(self, token: str) -> UserInfo:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         answer = await self._client.post_json(
             scope_base_url(self._client.config) + SSR_PATH, body, token=token
@@ -45,7 +58,8 @@ class KubeReviews:
         user = _dig(answer, "status", "userInfo", "username")
         if not isinstance(user, str) or not user:
             raise MalformedResponseError("SelfSubjectReview answer has no status.userInfo.username")
-        return user
+        uid = _dig(answer, "status", "userInfo", "uid")
+        return UserInfo(user, uid if isinstance(uid, str) else "")
 
     async def may_watch(self, token: str, target: WatchTarget) -> bool:
         body = {
@@ -53,8 +67,9 @@ class KubeReviews:
             "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": resource_attributes(target)},
         }
-        base = scope_base_url(self._client.config, project_id=target.project_id, org_id=target.org_id)
-        answer = await self._client.post_json(base + SSAR_PATH, body, token=token)
+        answer = await self._client.post_json(
+            target_base_url(self._client.config, target) + SSAR_PATH, body, token=token
+        )
         allowed = _dig(answer, "status", "allowed")
         if not isinstance(allowed, bool):
             raise MalformedResponseError("SelfSubjectAccessReview answer has no status.allowed")

@@ -10,13 +10,32 @@ A rule matches a request when every field matches: ``"*"`` matches anything, ``n
 all) limits it to named objects. The simulator asks the authorizer for every resource request and
 every SelfSubjectAccessReview, so revocations take effect exactly as RBAC changes do in a cluster
 (an open watch is not cut; the next request is refused).
+
+Users have a ``uid`` besides their name (:func:`uid_of`, sent in the SelfSubjectReview's
+``status.userInfo.uid``), and each user a control plane of their own under the simulator's
+``user_prefix`` (``/apis/iam.miloapis.com/v1alpha1/users/{user}/control-plane``). With tokens
+configured, a user control plane answers its own user (``{user}`` is the user's uid, or its name,
+which names the same control plane) and refuses everyone else (403), whatever the rules say:
+rules govern the root, project and org control planes. Its SelfSubjectAccessReview answers
+``allowed`` for its own user.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+
+def uid_of(username: str) -> str:
+    """A user's stable uid: ``uid-`` and 16 hex digits of the SHA-256 of the name."""
+    return "uid-" + hashlib.sha256(username.encode()).hexdigest()[:16]
+
+
+def owns_user_scope(username: str, user_scope: str) -> bool:
+    """Whether ``user_scope`` (the ``{user}`` of a user control plane) is ``username``'s own."""
+    return bool(user_scope) and user_scope in (username, uid_of(username))
 
 
 @dataclass(frozen=True, slots=True)

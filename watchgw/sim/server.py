@@ -24,6 +24,7 @@ import structlog
 import ujson
 from aiohttp import web
 
+from .rbac import owns_user_scope, uid_of
 from .selectors import FieldSelector, LabelSelector, SelectorError, parse_field_selector, parse_label_selector
 from .store import (
     _PREFIX,
@@ -139,6 +140,8 @@ class Target:
     plural: str
     namespace: str
     name: str
+    user: str = ""
+    """The ``{user}`` of a user control plane ("" elsewhere)."""
 
     @property
     def resource_type(self) -> str:
@@ -165,19 +168,20 @@ class SimServer:
         self.sim = sim
         self._project_re = _prefix_regex(sim.project_prefix, "project")
         self._org_re = _prefix_regex(sim.org_prefix, "org")
+        self._user_re = _prefix_regex(sim.user_prefix, "user")
 
     # ------------------------------------------------------------ dispatch
     async def handle(self, request: web.Request) -> web.StreamResponse:
         sim = self.sim
         path = request.path
-        project = org = ""
+        project = org = user_scope = ""
         m = self._project_re.match(path)
         if m:
             project, path = m.group("project"), path[m.end() :]
-        else:
-            m = self._org_re.match(path)
-            if m:
-                org, path = m.group("org"), path[m.end() :]
+        elif m := self._org_re.match(path):
+            org, path = m.group("org"), path[m.end() :]
+        elif m := self._user_re.match(path):
+            user_scope, path = m.group("user"), path[m.end() :]
         path = path.rstrip("/") or "/"
         if path in PUBLIC_PATHS and request.method == "GET":
             return self.public(path)
@@ -185,6 +189,8 @@ class SimServer:
         if user is None:
             sim.request_started("other")
             return status_response(401, "Unauthorized", "Unauthorized")
+        if user_scope and user_scope == user and sim.tokens is not None:
+            user_scope = uid_of(user)  # one's own control plane by name is the one under one's uid
         segments = path.strip("/").split("/")
         if request.method == "GET":
             discovery = self.discovery(segments, request)
@@ -201,8 +207,8 @@ class SimServer:
                     return early
             if path == SSR_PATH:
                 return self.self_subject_review(user)
-            return await self.self_subject_access_review(request, user, project, org)
-        target = self.parse_target(segments, project, org)
+            return await self.self_subject_access_review(request, user, project, org, user_scope)
+        target = self.parse_target(segments, project, org, user_scope)
         if target is None:
             sim.request_started("other")
             return status_response(404, "NotFound", "the server could not find the requested resource")
@@ -222,7 +228,7 @@ class SimServer:
         return tokens.get(token.strip())
 
     @staticmethod
-    def parse_target(segments: list[str], project: str, org: str) -> Target | None:
+    def parse_target(segments: list[str], project: str, org: str, user: str = "") -> Target | None:
         if not all(segments):
             return None
         if segments[0] == "api" and len(segments) >= 3:
@@ -239,7 +245,7 @@ class SimServer:
         plural = rest[0]
         if len(rest) == 2:
             name = rest[1]
-        return Target(project, org, group, version, plural, namespace, name)
+        return Target(project, org, group, version, plural, namespace, name, user)
 
     # ------------------------------------------------------------ discovery
     def public(self, path: str) -> web.Response:
@@ -314,28 +320,40 @@ class SimServer:
         return None
 
     def self_subject_review(self, user: str) -> web.Response:
-        groups = ["system:unauthenticated"] if user == "system:anonymous" else ["system:authenticated"]
+        anonymous = user == "system:anonymous"
+        groups = ["system:unauthenticated"] if anonymous else ["system:authenticated"]
+        user_info: dict[str, Any] = {"username": user, "groups": groups}
+        if not anonymous:
+            user_info["uid"] = uid_of(user)  # as an API server: anonymous users have no uid
         return json_response(
             {
                 "kind": "SelfSubjectReview",
                 "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"creationTimestamp": None},
-                "status": {"userInfo": {"username": user, "groups": groups}},
+                "status": {"userInfo": user_info},
             },
             status=201,
         )
 
+    def _allowed(self, user: str, attrs: dict[str, str]) -> bool:
+        """The decision for a request or an access review: a user control plane (with tokens)
+        answers only its own user; elsewhere the authorizer decides (None allows everything)."""
+        user_scope = attrs.get("user_scope", "")
+        if user_scope and self.sim.tokens is not None:
+            return owns_user_scope(user, user_scope)
+        authorizer = self.sim.authorizer
+        return True if authorizer is None else bool(authorizer(user, attrs))
+
     async def self_subject_access_review(
-        self, request: web.Request, user: str, project: str, org: str
+        self, request: web.Request, user: str, project: str, org: str, user_scope: str = ""
     ) -> web.Response:
         body = await self._read_json(request)
         attrs = (body.get("spec") or {}).get("resourceAttributes") or {}
         if not isinstance(attrs, dict):
             attrs = {}
         decision = {str(k): str(v) for k, v in attrs.items()}
-        decision.update(project=project, org=org)
-        authorizer = self.sim.authorizer
-        allowed = True if authorizer is None else bool(authorizer(user, decision))
+        decision.update(project=project, org=org, user_scope=user_scope)
+        allowed = self._allowed(user, decision)
         status: dict[str, Any] = {"allowed": allowed}
         if not allowed:
             status["denied"] = True
@@ -379,8 +397,7 @@ class SimServer:
             early = await self.apply_fault(request, fault, kind)
             if early is not None:
                 return early
-        authorizer = sim.authorizer
-        if authorizer is not None:
+        if sim.authorizer is not None or (t.user and sim.tokens is not None):
             attrs = {
                 "verb": verb,
                 "group": t.group,
@@ -390,8 +407,9 @@ class SimServer:
                 "name": t.name,
                 "project": t.project,
                 "org": t.org,
+                "user_scope": t.user,
             }
-            if not authorizer(user, attrs):
+            if not self._allowed(user, attrs):
                 where = f' in the namespace "{t.namespace}"' if t.namespace else " at the cluster scope"
                 return status_response(
                     403,
@@ -401,7 +419,7 @@ class SimServer:
                     details={"kind": t.plural, "group": t.group, **({"name": t.name} if t.name else {})},
                 )
         try:
-            coll = sim.collection(t.resource_type, project=t.project, org=t.org)
+            coll = sim.collection(t.resource_type, project=t.project, org=t.org, user=t.user)
         except ValueError:
             return status_response(404, "NotFound", "the server could not find the requested resource")
         cut = fault is not None and fault.kind == "cut"
@@ -573,7 +591,7 @@ class SimServer:
 
     async def single(self, request: web.Request, coll: Collection, t: Target, verb: str) -> web.Response:
         sim = self.sim
-        scope = {"project": t.project, "org": t.org, "namespace": t.namespace}
+        scope = {"project": t.project, "org": t.org, "user": t.user, "namespace": t.namespace}
         if verb == "get":
             ns = "" if coll.plural in CLUSTER_SCOPED else t.namespace
             stored = coll.objects.get((ns, t.name))

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import ujson
 
+from .rbac import uid_of
 from .selectors import FieldSelector, LabelSelector
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
 
 DEFAULT_PROJECT_PREFIX = "/apis/resourcemanager.miloapis.com/v1alpha1/projects/{project}/control-plane"
 DEFAULT_ORG_PREFIX = "/apis/resourcemanager.miloapis.com/v1alpha1/organizations/{org}/control-plane"
+DEFAULT_USER_PREFIX = "/apis/iam.miloapis.com/v1alpha1/users/{user}/control-plane"
 
 KINDS: dict[str, str] = {
     "dnszones": "DNSZone",
@@ -291,11 +293,20 @@ class Collection:
     """One (scope, resource type): its objects, its retained history and its watchers."""
 
     def __init__(
-        self, *, resource_type: str, project: str, org: str, history_limit: int, floor_rv: int
+        self,
+        *,
+        resource_type: str,
+        project: str,
+        org: str,
+        history_limit: int,
+        floor_rv: int,
+        user: str = "",
     ) -> None:
         self.resource_type = resource_type
         self.project = project
         self.org = org
+        self.user = user
+        """The user control plane this collection belongs to ("" for the others)."""
         group, version, plural = split_resource_type(resource_type)
         self.group, self.version, self.plural = group, version, plural
         self.api_version = f"{group}/{version}" if group else version
@@ -367,6 +378,7 @@ class Simulator:
         bookmark_interval_s: float = 60.0,
         project_prefix: str = DEFAULT_PROJECT_PREFIX,
         org_prefix: str = DEFAULT_ORG_PREFIX,
+        user_prefix: str = DEFAULT_USER_PREFIX,
         watch_buffer_limit: int = 1_000_000,
         default_watch_timeout_s: float = 1800.0,
     ) -> None:
@@ -376,11 +388,16 @@ class Simulator:
         self.bookmark_interval_s = bookmark_interval_s
         self.project_prefix = project_prefix
         self.org_prefix = org_prefix
+        self.user_prefix = user_prefix
         self.watch_buffer_limit = watch_buffer_limit
         self.default_watch_timeout_s = default_watch_timeout_s
         self.tokens: dict[str, str] | None = None
+        """token -> username; None: no authentication (everyone is ``system:anonymous``). With
+        tokens, ``/users/{user}/...`` (``user_prefix``) answers only its own user (its uid or
+        name), whatever the authorizer says."""
         # (user, attributes) -> allowed; None allows everything. Attributes: verb, group, version,
-        # resource, namespace, name, project, org. Used for requests and SelfSubjectAccessReview.
+        # resource, namespace, name, project, org, user_scope (the {user} of a user control plane).
+        # Used for requests and SelfSubjectAccessReview (not in user control planes with tokens).
         self.authorizer: Callable[[str, dict[str, str]], bool] | None = None
         self.list_requests = 0
         self.watch_requests = 0
@@ -388,7 +405,7 @@ class Simulator:
         self.faults: list[Fault] = []
         self._rv = 1000
         self._compacted_rv = 0
-        self._collections: dict[tuple[str, str, str], Collection] = {}
+        self._collections: dict[tuple[str, str, str, str], Collection] = {}
         self._waiters: list[asyncio.Future[None]] = []
         # Continue-token snapshots: id -> (rv, items); a small LRU.
         self._snapshots: OrderedDict[str, tuple[int, list[StoredObject]]] = OrderedDict()
@@ -407,16 +424,28 @@ class Simulator:
     def rv(self) -> int:
         return self._rv
 
-    def collection(self, resource_type: str, *, project: str = "", org: str = "") -> Collection:
-        if project:
+    @staticmethod
+    def uid_of(username: str) -> str:
+        """The ``uid`` the simulator's SelfSubjectReview gives ``username`` (stable, not the name)."""
+        return uid_of(username)
+
+    def collection(
+        self, resource_type: str, *, project: str = "", org: str = "", user: str = ""
+    ) -> Collection:
+        """One scope's collection: a user's, else a project's, else an org's control plane, else
+        the root (one scope wins, as one URL prefix does)."""
+        if user:
+            project = org = ""
+        elif project:
             org = ""
-        key = (project, org, resource_type)
+        key = (user, project, org, resource_type)
         coll = self._collections.get(key)
         if coll is None:
             coll = Collection(
                 resource_type=resource_type,
                 project=project,
                 org=org,
+                user=user,
                 history_limit=self.history_limit,
                 floor_rv=self._compacted_rv,
             )
@@ -482,9 +511,10 @@ class Simulator:
         *,
         project: str = "",
         org: str = "",
+        user: str = "",
         namespace: str = "",
     ) -> dict[str, Any]:
-        coll = self.collection(resource_type, project=project, org=org)
+        coll = self.collection(resource_type, project=project, org=org, user=user)
         data, ns = self._prepare(coll, obj, namespace)
         meta = data["metadata"]
         key = (ns, meta["name"])
@@ -507,9 +537,10 @@ class Simulator:
         *,
         project: str = "",
         org: str = "",
+        user: str = "",
         namespace: str = "",
     ) -> dict[str, Any]:
-        coll = self.collection(resource_type, project=project, org=org)
+        coll = self.collection(resource_type, project=project, org=org, user=user)
         data, ns = self._prepare(coll, obj, namespace)
         meta = data["metadata"]
         key = (ns, meta["name"])
@@ -527,9 +558,16 @@ class Simulator:
         return data
 
     def delete(
-        self, resource_type: str, name: str, *, project: str = "", org: str = "", namespace: str = ""
+        self,
+        resource_type: str,
+        name: str,
+        *,
+        project: str = "",
+        org: str = "",
+        user: str = "",
+        namespace: str = "",
     ) -> dict[str, Any]:
-        coll = self.collection(resource_type, project=project, org=org)
+        coll = self.collection(resource_type, project=project, org=org, user=user)
         ns = "" if coll.plural in CLUSTER_SCOPED else namespace
         old = coll.objects.pop((ns, name), None)
         if old is None:
@@ -542,17 +580,24 @@ class Simulator:
         return obj
 
     def get(
-        self, resource_type: str, name: str, *, project: str = "", org: str = "", namespace: str = ""
+        self,
+        resource_type: str,
+        name: str,
+        *,
+        project: str = "",
+        org: str = "",
+        user: str = "",
+        namespace: str = "",
     ) -> dict[str, Any] | None:
-        coll = self.collection(resource_type, project=project, org=org)
+        coll = self.collection(resource_type, project=project, org=org, user=user)
         ns = "" if coll.plural in CLUSTER_SCOPED else namespace
         stored = coll.objects.get((ns, name))
         return None if stored is None else ujson.loads(stored.raw)
 
     def list_objects(
-        self, resource_type: str, *, project: str = "", org: str = "", namespace: str = ""
+        self, resource_type: str, *, project: str = "", org: str = "", user: str = "", namespace: str = ""
     ) -> list[dict[str, Any]]:
-        coll = self.collection(resource_type, project=project, org=org)
+        coll = self.collection(resource_type, project=project, org=org, user=user)
         return [
             ujson.loads(s.raw) for s in coll.sorted_objects() if not namespace or s.namespace == namespace
         ]

@@ -22,6 +22,27 @@ plane afresh and stores the answer, so a revocation ends held subscriptions with
 and refuses new subscribes from then on, whatever ``cache_ttl_s`` is. Within one recheck round a
 token's answer for a channel is asked once, however many of its sessions (tabs) hold the channel.
 An undecidable recheck (control plane unreachable) is ``None`` and changes nothing.
+
+User ids: a caller's ``user_id`` (filled into ``upstream.user_prefix`` for user-scoped channels)
+is the ``auth.user_field`` of its SelfSubjectReview's ``status.userInfo`` (``uid`` by default, or
+``username``), cached with the identity. A control plane that sends no ``uid`` leaves it ""
+(authentication still succeeds; user-scoped subscribes are then refused by the web layer).
+
+``mode = "forward"`` (:class:`ForwardAccess`, as nginx ``auth_request`` and Traefik ForwardAuth do
+it): the client's ``Cookie`` and ``Authorization`` headers, and nothing else, are sent to
+``auth.forward_url``. A 2xx answer carries the client's bearer token in ``forward_token_header``;
+from there on the token is used exactly as in bearer mode (a :class:`BearerAccess` does the
+reviews, the rechecks and hands the token to ``credential = "subscriber"``). Identity: when
+``forward_user_header`` is configured and the answer carries it, that value is both the identity
+and the user id, and no SelfSubjectReview is asked (the forward-auth service is trusted to vouch
+for who the session is; the token is still checked by the control plane in every access review,
+where a rejected token is a refusal). Otherwise identity and user id come from the
+SelfSubjectReview, as in bearer mode. Any other answer (401, 403, a redirect to a login page,
+5xx, a 2xx without the token header) is 401 ``unauthenticated``; a forward-auth service that
+cannot be reached or does not answer within ``forward_timeout_s`` is 503
+``upstream_unavailable``. Answers are cached for ``forward_cache_ttl_s`` under a SHA-256 of the
+credentials (never the credentials), 5xx answers excepted, and concurrent lookups of the same
+credentials share one request.
 """
 
 from __future__ import annotations
@@ -35,18 +56,21 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from watchgw.config import AuthConfig
 from watchgw.hub.errors import Forbidden, HubError
 from watchgw.kube.errors import APIError, ForbiddenError, UnauthorizedError
+from watchgw.kube.reviews import UserInfo
 from watchgw.kube.types import WatchTarget
 
 log = structlog.get_logger("watchgw.access")
 
 ANONYMOUS = "anonymous"
 MAX_TOKEN_BYTES = 8192
+MAX_USER_ID_BYTES = 253
 
 
 class Unauthenticated(HubError):
@@ -105,13 +129,19 @@ class OpenAccess:
 class Reviews(Protocol):
     """The two questions asked of the control plane (``kube.reviews`` in production)."""
 
-    async def who_am_i(self, token: str) -> str: ...
+    async def who_am_i(self, token: str) -> UserInfo | str:
+        """Who ``token`` is; a plain ``str`` is a username whose uid is not known."""
 
     async def may_watch(self, token: str, target: WatchTarget) -> bool: ...
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def well_formed_token(token: str) -> bool:
+    """A bearer token that may be sent on: bounded, printable ASCII (no header injection)."""
+    return 0 < len(token) <= MAX_TOKEN_BYTES and token.isascii() and token.isprintable()
 
 
 K = TypeVar("K")
@@ -210,14 +240,14 @@ class BearerAccess:
     ) -> None:
         self._config = config
         self._reviews = reviews
-        self._identities: TTLCache[str, str] = TTLCache(max_entries=max_entries, clock=clock)
+        self._identities: TTLCache[str, UserInfo] = TTLCache(max_entries=max_entries, clock=clock)
         self._rejected: TTLCache[str, bool] = TTLCache(max_entries=max_entries, clock=clock)
         self._decisions: TTLCache[tuple[str, str], bool] = TTLCache(max_entries=max_entries * 4, clock=clock)
         self._rechecked: TTLCache[tuple[str, str], tuple[int, bool]] = TTLCache(
             max_entries=max_entries * 4, clock=clock
         )
         """The latest recheck round's answer per (token hash, channel): one review per round."""
-        self._who: _SingleFlight[str, str] = _SingleFlight()
+        self._who: _SingleFlight[str, UserInfo] = _SingleFlight()
         self._may: _SingleFlight[tuple[str, str], bool] = _SingleFlight()
 
     def token_of(self, request: web.Request) -> str | None:
@@ -236,32 +266,41 @@ class BearerAccess:
             raise Unauthenticated(
                 f"send 'Authorization: Bearer <token>' or the '{self._config.cookie}' cookie"
             )
-        if len(token) > MAX_TOKEN_BYTES or not token.isascii() or not token.isprintable():
+        if not well_formed_token(token):
             raise Unauthenticated("the token is malformed")
+        return await self.identify(token)
+
+    async def identify(self, token: str) -> Caller:
+        """The caller ``token`` is (a well-formed token): SelfSubjectReview, cached by its hash."""
         key = token_hash(token)
-        identity = self._identities.get(key)
-        if identity is not None:
-            return Caller(identity, token)
+        info = self._identities.get(key)
+        if info is not None:
+            return self._caller(info, token)
         if self._rejected.get(key):
             raise Unauthenticated("the control plane rejected this token")
         try:
-            identity = await self._who.run(key, lambda: self._review_identity(key, token))
+            info = await self._who.run(key, lambda: self._review_identity(key, token))
         except UnauthorizedError:
             raise Unauthenticated("the control plane rejected this token") from None
         except APIError as exc:
             log.warning("auth.review_failed", error=str(exc), status=exc.status)
             raise UpstreamUnavailable("the control plane could not be asked who this token is") from None
-        return Caller(identity, token)
+        return self._caller(info, token)
 
-    async def _review_identity(self, key: str, token: str) -> str:
+    def _caller(self, info: UserInfo, token: str) -> Caller:
+        user_id = info.uid if self._config.user_field == "uid" else info.username
+        return Caller(info.username, token, user_id=user_id)
+
+    async def _review_identity(self, key: str, token: str) -> UserInfo:
         """The shared lookup: its answer is cached here, once, whichever callers are still waiting."""
         try:
-            identity = await self._reviews.who_am_i(token)
+            answer = await self._reviews.who_am_i(token)
         except UnauthorizedError:
             self._rejected.put(key, True, min(self._config.cache_ttl_s, 5.0))
             raise
-        self._identities.put(key, identity, self._config.cache_ttl_s)
-        return identity
+        info = UserInfo(answer) if isinstance(answer, str) else answer
+        self._identities.put(key, info, self._config.cache_ttl_s)
+        return info
 
     async def _review_access(self, key: tuple[str, str], token: str, target: WatchTarget) -> bool:
         """The shared lookup: a fresh answer from the control plane, stored in the decision cache."""
@@ -281,6 +320,8 @@ class BearerAccess:
         """The cached decision, else a review's (shared with concurrent callers of the same key)."""
         if caller.token is None:
             return False
+        if target.user_scoped and (not target.user or target.user != caller.user_id):
+            return False  # only one's own user control plane (the web layer fills target.user)
         key = (token_hash(caller.token), channel_key)
         cached = self._decisions.get(key)
         if cached is not None:
@@ -300,7 +341,7 @@ class BearerAccess:
         # Never the decision cache: its answer may be cache_ttl_s old, and a revocation must end
         # held subscriptions within recheck_s. The fresh answer goes into the cache (by the
         # lookup), so a revoked token's next subscribe is refused too.
-        if caller.token is None:
+        if caller.token is None or (target.user_scoped and not target.user):
             return False
         key = (token_hash(caller.token), channel_key)
         if round_id is not None:
@@ -317,3 +358,149 @@ class BearerAccess:
             # own: the LRU bound is what keeps it small.
             self._rechecked.put(key, (round_id, allowed), math.inf)
         return allowed
+
+
+@dataclass(frozen=True, slots=True)
+class _Forwarded:
+    """A forward-auth answer: the client's token (None: not authenticated) and the user id it sent."""
+
+    token: str | None
+    user_id: str = ""
+
+    def __repr__(self) -> str:
+        return f"_Forwarded(accepted={self.token is not None}, user_id={self.user_id!r})"
+
+
+def credentials_hash(cookie: str, authorization: str) -> str:
+    """The cache key of a client's forwarded credentials (never the credentials themselves)."""
+    digest = hashlib.sha256()
+    for value in (cookie, authorization):
+        data = value.encode()
+        digest.update(len(data).to_bytes(8, "big") + data)  # length-prefixed: no ambiguous joins
+    return digest.hexdigest()
+
+
+def _well_formed_user_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_USER_ID_BYTES and value.isascii() and value.isprintable()
+
+
+class ForwardAccess:
+    """``mode = "forward"``: the token comes from ``auth.forward_url``; the rest is ``bearer``'s.
+
+    Owns the HTTP session it asks ``forward_url`` with (made on first use, closed by
+    :meth:`close`). The session keeps no cookies: a ``Set-Cookie`` of one client's answer must
+    never travel with another client's question.
+    """
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        bearer: BearerAccess,
+        *,
+        max_entries: int = 10000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._bearer = bearer
+        self._answers: TTLCache[str, _Forwarded] = TTLCache(max_entries=max_entries, clock=clock)
+        self._forward: _SingleFlight[str, _Forwarded] = _SingleFlight()
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def bearer(self) -> BearerAccess:
+        return self._bearer
+
+    async def authenticate(self, request: web.Request) -> Caller:
+        cookie = "; ".join(request.headers.getall("Cookie", ()))
+        authorization = request.headers.get("Authorization", "")
+        if not cookie and not authorization:
+            raise Unauthenticated(
+                "send the session cookie of the sign-in (or an 'Authorization' header) that the "
+                "forward-auth service accepts"
+            )
+        if not (cookie.isprintable() and authorization.isprintable()):
+            raise Unauthenticated("the Cookie or Authorization header is malformed")
+        key = credentials_hash(cookie, authorization)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = await self._forward.run(key, lambda: self._ask(key, cookie, authorization))
+        if answer.token is None:
+            raise Unauthenticated("the forward-auth service did not accept these credentials")
+        if answer.user_id:
+            return Caller(answer.user_id, answer.token, user_id=answer.user_id)
+        return await self._bearer.identify(answer.token)
+
+    async def authorize(self, caller: Caller, target: WatchTarget, channel_key: str) -> None:
+        await self._bearer.authorize(caller, target, channel_key)
+
+    async def recheck(
+        self, caller: Caller, target: WatchTarget, channel_key: str, *, round_id: int | None = None
+    ) -> bool | None:
+        return await self._bearer.recheck(caller, target, channel_key, round_id=round_id)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_s),
+            )
+        return self._session
+
+    async def _ask(self, key: str, cookie: str, authorization: str) -> _Forwarded:
+        """The shared lookup: one GET of ``forward_url``; its answer is cached here (5xx aside)."""
+        headers = {}
+        if cookie:
+            headers["Cookie"] = cookie
+        if authorization:
+            headers["Authorization"] = authorization
+        config = self._config
+        try:
+            async with self._get_session().get(
+                config.forward_url, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                token = response.headers.get(config.forward_token_header, "")
+                user_header = config.forward_user_header
+                user_id = response.headers.get(user_header, "") if user_header else ""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("auth.forward_unreachable", error=type(exc).__name__, detail=str(exc))
+            raise UpstreamUnavailable("the forward-auth service could not be asked who this is") from None
+        answer = self._answer(status, token, user_id)
+        if status < 500:
+            self._answers.put(key, answer, config.forward_cache_ttl_s)
+        return answer
+
+    def _answer(self, status: int, token: str, user_id: str) -> _Forwarded:
+        """What an answer of ``forward_url`` means; logs name headers and statuses, never values."""
+        config = self._config
+        if not 200 <= status < 300:
+            level = log.warning if status >= 500 else log.debug
+            level("auth.forward_rejected", status=status)
+            return _Forwarded(None)
+        scheme, _, rest = token.partition(" ")
+        if scheme.lower() == "bearer" and rest.strip():
+            token = rest.strip()  # a service answering with an Authorization-style value
+        if not token:
+            log.warning("auth.forward_no_token", status=status, header=config.forward_token_header)
+            return _Forwarded(None)
+        if not well_formed_token(token):
+            log.warning("auth.forward_bad_token", header=config.forward_token_header)
+            return _Forwarded(None)
+        if user_id and not _well_formed_user_id(user_id):
+            log.warning("auth.forward_bad_user", header=config.forward_user_header, length=len(user_id))
+            user_id = ""  # ignored: the SelfSubjectReview says who the token is
+        return _Forwarded(token, user_id)
+
+
+def access_for(config: AuthConfig, reviews: Reviews) -> Access:
+    """The access ``[auth] mode`` selects."""
+    if config.mode == "bearer":
+        return BearerAccess(config, reviews)
+    if config.mode == "forward":
+        return ForwardAccess(config, BearerAccess(config, reviews))
+    return OpenAccess()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 
@@ -25,8 +26,9 @@ from watchgw.kube.client import KubeClient
 from watchgw.kube.informer import Informer
 from watchgw.kube.reviews import KubeReviews
 from watchgw.kube.types import WatchTarget
+from watchgw.kube.urls import upstream_target
 from watchgw.web import routes
-from watchgw.web.access import Access, BearerAccess, OpenAccess
+from watchgw.web.access import Access, ForwardAccess, access_for
 from watchgw.web.body import RateLimited, error_response
 from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
 from watchgw.web.metrics import install_metrics, metrics
@@ -95,7 +97,7 @@ def make_app(
     if static:
         add_static_routes(app)
     app.cleanup_ctx.append(_hub_ctx(upstream_factory))
-    if config.auth.mode == "bearer":
+    if config.auth.mode in ("bearer", "forward"):
         app.cleanup_ctx.append(_recheck_ctx)
     app.on_shutdown.append(_drain_streams)
     return app
@@ -123,12 +125,16 @@ def _hub_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         kube = KubeClient(config.upstream)
+        created: Access | None = None
         if ACCESS not in app:
-            app[ACCESS] = (
-                BearerAccess(config.auth, KubeReviews(kube)) if config.auth.mode == "bearer" else OpenAccess()
-            )
+            app[ACCESS] = created = access_for(config.auth, KubeReviews(kube))
         factory = upstream_factory or informer_factory(kube, config)
-        hub = WatchHub(limits=config.limits, upstream_factory=factory)
+        hub = WatchHub(
+            limits=config.limits,
+            upstream_factory=factory,
+            key_segments=config.server.key_segments,
+            resolve=functools.partial(upstream_target, config.upstream),
+        )
         app[HUB] = hub
         log.info(
             "server.started",
@@ -141,6 +147,8 @@ def _hub_ctx(
             yield
         finally:
             await hub.close()
+            if isinstance(created, ForwardAccess):
+                await created.close()  # its session to forward_url (an access passed in is the caller's)
             await kube.close()
             log.info("server.stopped")
 
@@ -148,10 +156,14 @@ def _hub_ctx(
 
 
 def informer_factory(kube: KubeClient, config: Config) -> UpstreamFactory:
-    """One informer per channel. With ``credential = "subscriber"`` its token is a subscriber's."""
+    """One informer per channel. With ``credential = "subscriber"`` (and always for user-scoped
+    channels) its token is a subscriber's."""
 
     def make(target: WatchTarget, listener: Channel) -> Informer:
-        provider = listener.subscriber_token if config.upstream.credential == "subscriber" else None
+        # A user-scoped channel is watched with its user's own token: the gateway's credential
+        # has no business in (and usually no access to) a user's own control plane.
+        subscriber = config.upstream.credential == "subscriber" or target.user_scoped
+        provider = listener.subscriber_token if subscriber else None
         return Informer(
             target=target, client=kube, config=config.upstream, listener=listener, token_provider=provider
         )
