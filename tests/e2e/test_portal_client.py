@@ -19,7 +19,10 @@ from tests.conftest import make_config
 from tests.forward_auth import ForwardAuthServer
 from tests.portal_client import PortalClient, object_key
 from tests.stacks import fast_upstream, sim_and_gateway
-from watchgw.sim import Fault, Simulator
+from watchgw.client.client import WatchClient
+from watchgw.sim import Fault, Simulator, running_simulator
+from watchgw.web.app import make_app
+from watchgw.web.server import running_app
 
 SECRETS = "api/v1/secrets"
 ZONES = "apis/dns.networking.miloapis.com/v1alpha1/dnszones"
@@ -148,3 +151,34 @@ async def test_user_scoped_lists_fill_with_the_session_cookie_only() -> None:
         sim.create(SECRETS, {"metadata": {"name": "mine-2"}}, user=uid, namespace="default")
         mine = {object_key(o): o for o in sim.list_objects(SECRETS, user=uid, namespace="default")}
         await client.wait_for(key, mine)
+
+
+async def test_across_a_gateway_restart_watchgws_own_client_converges() -> None:
+    """A new process cannot know what a client held, so a client that never clears its state
+    cannot be made exact there; watchgw's own client clears on ``"resumed": false`` (or resyncs
+    from its resourceVersion) and converges."""
+    async with running_simulator(bookmark_interval_s=0.25) as (sim, sim_url):
+        for name in ("a", "b", "c"):
+            sim.create(SECRETS, {"metadata": {"name": name}}, project="p1", namespace="default")
+        config = fast_upstream(make_config(sim_url))
+        async with running_app(make_app(config)) as url:
+            port = int(url.rsplit(":", 1)[1])
+            client = WatchClient(url)
+            try:
+                await client.connect()
+                key = await client.subscribe(resourceType=SECRETS, projectId="p1", namespace="default")
+                await client.wait_for(lambda c: key in c.synced and len(c.objects(key)) == 3)
+            except BaseException:
+                await client.close()
+                raise
+        # The gateway is gone; the control plane changes meanwhile.
+        sim.delete(SECRETS, "a", project="p1", namespace="default")
+        sim.create(SECRETS, {"metadata": {"name": "d"}}, project="p1", namespace="default")
+        try:
+            async with running_app(make_app(config), port=port):
+                connected = await client.reconnect()
+                assert connected["resumed"] is False
+                expected = objects_of(sim, SECRETS, project="p1", namespace="default")
+                await client.wait_for(lambda c: key in c.synced and c.objects(key) == expected)
+        finally:
+            await client.close()
