@@ -96,7 +96,7 @@ def queued(session: Session) -> list[Frame]:
 
 
 def replayable(session: Session) -> list[Frame]:
-    return list(session._log._frames) if session._log is not None else []
+    return list(session._log._frames or ()) if session._log is not None else []
 
 
 def attach(session: Session, transport: FakeTransport, last_event_id: int | None = None) -> int:

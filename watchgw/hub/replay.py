@@ -31,7 +31,8 @@ class ReplayLog:
     __slots__ = ("_bytes", "_forgotten_before", "_frames", "_last_id", "_left", "_limit", "_lost")
 
     def __init__(self, limit_bytes: int) -> None:
-        self._frames: deque[Frame] = deque()
+        self._frames: deque[Frame] | None = None
+        """Made at the first frame kept: a client that only ever got snapshots needs none."""
         self._bytes = 0
         self._limit = limit_bytes
         self._lost: dict[str, int] = {}
@@ -54,6 +55,8 @@ class ReplayLog:
                 if frame.channel:
                     lost[frame.channel] = frame.id
                 continue
+            if log is None:
+                log = self._frames = deque()
             log.append(frame)
             size += len(frame.wire)
         self._bytes += size
@@ -98,7 +101,7 @@ class ReplayLog:
         lost = {channel for channel, fid in self._lost.items() if fid > last_id}
         replay: list[Frame] = []
         kept: deque[Frame] = deque()
-        for frame in self._frames:
+        for frame in self._frames or ():
             if frame.id <= last_id:
                 kept.append(frame)
             elif frame.channel not in lost:

@@ -81,6 +81,7 @@ class Session:
         "channels",
         "client_id",
         "closing",
+        "coalesced_before",
         "deletions_seen",
         "identity",
         "released",
@@ -100,6 +101,8 @@ class Session:
         self.transport: asyncio.WriteTransport | None = None
         self.stream_generation = 0
         self.resyncs = 0
+        self.coalesced_before = 0
+        """Coalesced updates of outboxes already dropped (an outbox lives while frames queue)."""
         self.closing = False
         """Set by a drain: the stream ends once what is queued is written."""
         self.released: dict[str, str] = {}
@@ -238,7 +241,7 @@ class Session:
 
     @property
     def coalesced(self) -> int:
-        return self._outbox.coalesced if self._outbox is not None else 0
+        return self.coalesced_before + (self._outbox.coalesced if self._outbox is not None else 0)
 
     def can_resume(self, last_event_id: int) -> bool:
         """Whether a stream resuming after ``last_event_id`` can be served exactly."""
@@ -358,8 +361,12 @@ class Session:
     def _write_queued(self, transport: asyncio.WriteTransport) -> None:
         """Everything queued in one write. A method of its own so that no local of the pump
         keeps the written frames (a whole snapshot) alive while it waits."""
-        assert self._outbox is not None
-        frames = self._outbox.take()
+        outbox = self._outbox
+        assert outbox is not None
+        frames = outbox.take()
+        # Drained: most clients queue only a snapshot, once; an idle one keeps no outbox.
+        self.coalesced_before += outbox.coalesced
+        self._outbox = None
         if self._chunked:
             transport.write(b"".join([f.wire for f in frames]))
         else:
