@@ -41,14 +41,16 @@ def cached_for_an_hour(sim_url: str, *, recheck_s: float = 3600) -> Config:
 
 
 class CountingRules(Rules):
-    """The simulator's RBAC, counting the questions asked on behalf of each user."""
+    """The simulator's RBAC, counting the access reviews asked on behalf of each user (a review
+    asks two questions, ``list`` and ``watch``: counted once, by its ``watch``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.asked: dict[str, int] = {}
 
     def __call__(self, user: str, attrs: dict[str, str]) -> bool:
-        self.asked[user] = self.asked.get(user, 0) + 1
+        if attrs.get("verb") == "watch":
+            self.asked[user] = self.asked.get(user, 0) + 1
         return super().__call__(user, attrs)
 
 

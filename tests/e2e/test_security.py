@@ -341,3 +341,16 @@ async def test_user_scoped_channels_with_the_same_key_never_share_events(secure:
     for client, other in ((alice, "bob"), (bob, "alice")):
         seen = " ".join(e.data for e in client.events if e.event == "watch")
         assert other not in seen, f"{other}'s objects reached the wrong user"
+
+
+async def test_a_user_who_may_watch_but_not_list_cannot_subscribe(secure: Secure) -> None:
+    """A channel is a LIST then a WATCH; with credential = "subscriber" either runs with the
+    subscriber's token, so both verbs are required."""
+    secure.rules.allow("alice", resource="secrets", namespace="default", verbs=["watch"])
+    alice = await secure.client(ALICE)
+    with pytest.raises(WatchClientError) as refused:
+        await alice.subscribe(resourceType=SECRETS, namespace="default")
+    assert (refused.value.status, refused.value.code) == (403, "forbidden")
+    secure.rules.allow("alice", resource="secrets", namespace="default", verbs=["list"])
+    channel = await alice.subscribe(resourceType=SECRETS, namespace="default")
+    await alice.wait_synced(channel)

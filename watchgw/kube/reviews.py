@@ -10,6 +10,7 @@ channel's RBAC lives.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +63,17 @@ class KubeReviews:
         return UserInfo(user, uid if isinstance(uid, str) else "")
 
     async def may_watch(self, token: str, target: WatchTarget) -> bool:
+        """Whether ``token`` may ``list`` and ``watch`` the channel: a channel is a LIST then a
+        WATCH, and with ``credential = "subscriber"`` either may run with this token. Both
+        questions are asked at once; both must be allowed."""
+        answers = await asyncio.gather(self._may(token, target, "list"), self._may(token, target, "watch"))
+        return all(answers)
+
+    async def _may(self, token: str, target: WatchTarget, verb: str) -> bool:
         body = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": resource_attributes(target)},
+            "spec": {"resourceAttributes": resource_attributes(target, verb)},
         }
         answer = await self._client.post_json(
             target_base_url(self._client.config, target) + SSAR_PATH, body, token=token
