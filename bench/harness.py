@@ -43,9 +43,12 @@ mode = "none"
 max_clients = 20000
 max_channels = 5000
 heartbeat_s = 15
-# Every bench client is the same (anonymous) identity: no per-identity subscribe rate limit here.
+# Every bench client is the same (anonymous) identity, one address: no per-identity limits here.
 subscribe_rate_per_s = 1000000
 subscribe_burst = 1000000
+max_clients_per_identity = 20000
+max_subscriptions_per_identity = 10000000
+max_channels_per_identity = 5000
 # Short, so the sessions of one scenario are gone before the next one starts.
 session_ttl_s = 1
 grace_period_s = 1

@@ -13,6 +13,7 @@ does not: configs built in code (tests, the demo) may name files that are writte
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import stat
@@ -50,6 +51,32 @@ class ServerConfig:
     key_segments: int = 8
     """Channel key format: 8 segments (the portal's client: ``...:<fieldSelector>:<user|>``) or 7
     (the original protocol document's, for clients built on it; no user-scoped channels)."""
+    header_timeout_s: float = 10.0
+    """Seconds a connection has to deliver a complete request head (request line and headers):
+    from its accept, or from the first byte of a request on a kept-alive connection. Past it the
+    connection is closed (with a 408 when part of a head arrived). A browser sends its head in
+    one packet; 10 s covers a slow mobile link and stops slowloris-style half-sent heads."""
+    body_timeout_s: float = 10.0
+    """Seconds a subscribe/unsubscribe body (at most ``limits.max_body_bytes``) may take to
+    arrive once its head has: 408 and the connection is closed. Streams have no body."""
+    keepalive_timeout_s: float = 75.0
+    """Seconds an idle kept-alive connection waits for its next request. Above the 60 s that
+    reverse proxies (nginx ``keepalive_timeout`` upstream) keep idle upstream connections, so
+    the proxy, not watchgw, closes them and never reuses one watchgw is closing."""
+    max_pending_connections: int = 1000
+    """Connections open at once that are not SSE streams (being read, answering a request, idle
+    between requests). Beyond it a new connection is closed at once, so a flood of half-open
+    connections cannot use up file descriptors; an EventSource simply retries. Streams are not
+    counted: ``limits.max_clients`` bounds them."""
+    backlog: int = 1024
+    """Listen backlog: connections the kernel queues before watchgw accepts them (capped by
+    ``net.core.somaxconn``). It is also how many accepts asyncio tries per loop iteration."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Reverse proxies (IP addresses or CIDRs) whose ``X-Forwarded-For`` (its last hop that is not
+    itself a trusted proxy) or ``X-Real-IP`` names the client's address. The address is what
+    per-address limits count: failed authentications, and, without authentication, every
+    per-identity limit and the subscribe rate limit. Empty: the connection's peer is the client,
+    and those headers are ignored (anyone can send them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +110,13 @@ class UpstreamConfig:
     long is resumed; bytes that never finish a line do not count. Twice in a row is a watch-error."""
     list_page_size: int = 500
     """``limit`` of each LIST page: bounds the memory of one response on large collections."""
+    max_list_bytes: int = 67108864
+    """Bytes of response bodies one LIST may read, over all its pages (64 MiB). Each page is read
+    in chunks and the read stops past what is left, so a bigger collection never sits in memory:
+    the channel's subscribers get ``watch-error`` 413 ``ListTooLarge`` naming this key, and the
+    LIST is retried with backoff. Why 64 MiB: a collection is held parsed (about 3 times its JSON)
+    for as long as its channel is open, so this is ~200 MB of RSS for one channel, what an edge
+    box can spare; it is ~13,000 objects of 5 KB, far more than a console lists on one page."""
     backoff_initial_s: float = 0.8
     backoff_max_s: float = 30.0
     backoff_reset_s: float = 60.0
@@ -117,13 +151,36 @@ class AuthConfig:
     forward_cache_ttl_s: float = 5.0
     """Seconds a ``forward_url`` answer is reused for the same credentials (hashed, never kept)."""
     forward_timeout_s: float = 5.0
+    failures_per_minute: int = 30
+    """Failed authentications (no or a malformed credential, a token or session the control plane
+    or ``forward_url`` rejects) per client address per minute, counting reviews still in flight
+    (a token bucket of this size, refilled over a minute). Beyond it the address gets 429
+    ``rate_limited`` with ``Retry-After`` and nothing is asked upstream; a client whose identity
+    is cached is not affected. Each failure is logged as ``auth.failed`` (reason, address)."""
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
+    """Bounds on what clients can make the gateway hold. The global ones protect the process; the
+    ``_per_identity`` ones keep one identity (a user; without authentication a client address,
+    see ``server.trusted_proxies``, IPv6 by /64) from using them up for everyone else."""
+
     max_clients: int = 10000
+    """Sessions in all (a stream, and ``session_ttl_s`` after it); beyond: 503 ``too_many_clients``."""
     max_subscriptions_per_client: int = 100
+    """Subscriptions of one session; beyond: 429 ``too_many_subscriptions``."""
     max_channels: int = 5000
+    """Distinct upstream watches; a subscribe that would open one more: 429 ``too_many_channels``."""
+    max_clients_per_identity: int = 100
+    """Sessions of one identity (a browser tab holds one; a closed tab's lasts ``session_ttl_s``);
+    beyond: the stream gets 429 ``too_many_clients_for_identity``."""
+    max_subscriptions_per_identity: int = 1000
+    """Subscriptions of one identity across its sessions (parked ones count until they are taken
+    up again or their session ends); beyond: 429 ``too_many_subscriptions_for_identity``."""
+    max_channels_per_identity: int = 200
+    """Distinct channels one identity holds subscriptions to; a subscribe beyond it that would
+    open a new upstream watch gets 429 ``too_many_channels_for_identity`` (joining a channel that
+    is already open is allowed: it costs no watch)."""
     max_body_bytes: int = 16384
     client_buffer_bytes: int = 1048576
     """Bytes of recent frames kept per client for slow readers and ``Last-Event-ID`` resume."""
@@ -137,6 +194,11 @@ class LimitsConfig:
     """``retry:`` sent to clients: how long an ``EventSource`` waits before reconnecting."""
     channel_history: int = 1000
     """Events kept per channel so a subscriber with a ``resourceVersion`` can catch up."""
+    channel_history_bytes: int = 8388608
+    """Bytes of those events kept per channel (8 MiB, ~1,000 events of 8 KB), and as many bytes of
+    the recently deleted objects a channel keeps for clients that never clear their state. Whatever
+    of ``channel_history`` and this is hit first trims the oldest; a client whose
+    ``resourceVersion`` is older than what is kept gets ``resync`` + snapshot instead of a catch-up."""
     stalled_client_timeout_s: float = 60.0
     """A client whose socket accepts nothing for this long is disconnected (it may resume)."""
     subscribe_rate_per_s: float = 20.0
@@ -322,26 +384,37 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"upstream.{prefix_key} must start with /")
     positive = {
         "server.shutdown_timeout_s": config.server.shutdown_timeout_s,
+        "server.header_timeout_s": config.server.header_timeout_s,
+        "server.body_timeout_s": config.server.body_timeout_s,
+        "server.keepalive_timeout_s": config.server.keepalive_timeout_s,
+        "server.max_pending_connections": config.server.max_pending_connections,
+        "server.backlog": config.server.backlog,
         "upstream.watch_timeout_s": up.watch_timeout_s,
         "upstream.inactivity_timeout_s": up.inactivity_timeout_s,
         "upstream.list_page_size": up.list_page_size,
+        "upstream.max_list_bytes": up.max_list_bytes,
         "upstream.backoff_initial_s": up.backoff_initial_s,
         "upstream.backoff_max_s": up.backoff_max_s,
         "upstream.connect_timeout_s": up.connect_timeout_s,
         "upstream.request_timeout_s": up.request_timeout_s,
         "auth.recheck_s": config.auth.recheck_s,
+        "auth.failures_per_minute": config.auth.failures_per_minute,
     }
     limits = config.limits
     for key_name in (
         "max_clients",
         "max_subscriptions_per_client",
         "max_channels",
+        "max_clients_per_identity",
+        "max_subscriptions_per_identity",
+        "max_channels_per_identity",
         "max_body_bytes",
         "client_buffer_bytes",
         "session_ttl_s",
         "heartbeat_s",
         "retry_ms",
         "channel_history",
+        "channel_history_bytes",
         "stalled_client_timeout_s",
         "subscribe_rate_per_s",
         "subscribe_burst",
@@ -364,6 +437,13 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"server.cors_origins entries must be scheme://host[:port], not {origin_value!r}"
             )
+    for proxy in config.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies entries must be IP addresses or CIDRs, not {proxy!r}"
+            ) from None
     bp = config.server.base_path
     if not bp.startswith("/") or bp.endswith("/") or "//" in bp:
         raise ConfigError(f"server.base_path must start with / and not end with /, not {bp!r}")

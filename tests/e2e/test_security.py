@@ -274,6 +274,21 @@ async def test_subscriber_credential_moves_to_another_subscriber(secure_factory:
     await bob.wait_for(lambda c: "default/via-bob" in c.objects(channel), timeout=10)
 
 
+async def test_a_forbidden_subscriber_credential_moves_and_never_names_its_user(
+    secure_factory: Callable[..., Any],
+) -> None:
+    """Alice's access is revoked while her token carries the shared watch: the control plane
+    answers 403. The watch moves to bob's token (bob keeps his objects), and nothing bob gets
+    names alice."""
+    secure, _alice, bob, channel = await two_subscribers(secure_factory)
+    secure.rules.revoke_user("alice")
+    secure.sim.cut_watches()
+    secure.sim.create(SECRETS, {"metadata": {"name": "via-bob"}}, namespace="default")
+    await bob.wait_for(lambda c: "default/via-bob" in c.objects(channel), timeout=10)
+    seen = " ".join(e.data for e in bob.events)
+    assert "alice" not in seen
+
+
 async def test_subscriber_credential_leaves_with_its_subscriber(secure_factory: Callable[..., Any]) -> None:
     secure, alice, bob, channel = await two_subscribers(secure_factory)
     watches = secure.sim.watch_requests

@@ -7,7 +7,7 @@ from typing import Any
 
 from watchgw.hub.frames import Frame, FrameFactory
 from watchgw.hub.replay import MAX_NOTES
-from watchgw.hub.session import WRITE_HIGH_WATER, Session
+from watchgw.hub.session import WRITE_HIGH_WATER, Session, SnapshotRequest
 from watchgw.kube.types import ObjectKey, WatchTarget
 
 
@@ -44,7 +44,7 @@ class FakeChannel:
         self.target = WatchTarget("api/v1/secrets")
         self._resnapshots = resnapshots
 
-    def resnapshot(self, session: Session) -> None:
+    def resnapshot(self, session: Session, request: SnapshotRequest) -> None:
         self._resnapshots.append(self.key)
         self._resnapshots.happened.set()
         session.push(FRAMES.event("resync", {"channel": self.key, "reason": "overflow"}, channel=self.key))

@@ -272,3 +272,36 @@ async def test_subscribing_twice_keeps_the_state(gateway: Gateway) -> None:
     await client.subscribe(**SECRETS)
     assert set(client.objects(channel)) == {"default/a"}
     assert channel in client.synced
+
+
+async def test_history_and_tombstones_are_bounded_in_bytes(gateway_factory: Callable[..., Any]) -> None:
+    """``channel_history_bytes`` trims history like ``channel_history`` does (catch-ups start above
+    what was trimmed: an older position gets resync + snapshot), and bounds the tombstones."""
+    bound = 20_000
+    gateway: Gateway = await gateway_factory(
+        make_config(limits={"channel_history": 1000, "channel_history_bytes": bound})
+    )
+    first = await gateway.client()
+    channel = await first.subscribe(**SECRETS)
+    upstream = gateway.upstreams.for_key(channel)
+    upstream.listed(rv=10)
+    pad = "x" * 2000
+    for rv in range(11, 41):  # 30 events of ~2 KB: ~60 KB, three times the bound
+        upstream.emit("ADDED", make_object(f"o{rv}", rv=rv, pad=pad))
+    for rv in range(41, 61):
+        upstream.emit("DELETED", make_object(f"o{rv - 30}", rv=rv, pad=pad))
+    held = gateway.hub.channels[channel]
+    assert held.history_size <= bound
+    assert held.history_size == sum(len(f.wire) for _end, f in held.history)
+    assert len(held.history) < 50, "trimmed by bytes, far below the count bound"
+    assert held.complete_from is not None
+    assert held.complete_from == held.history[0][0], "catch-ups start where the history does"
+    assert held.tombstone_bytes <= bound
+    assert len(held.tombstones) < 20
+
+    returning = await gateway.client()
+    await returning.subscribe(**SECRETS, resourceVersion="12")
+    await returning.wait_synced(channel)
+    kinds = [e.event for e in returning.events]
+    assert kinds[:3] == ["connected", "subscribed", "resync"]
+    assert set(returning.objects(channel)) == {f"default/o{rv}" for rv in range(31, 41)}

@@ -32,6 +32,7 @@ from watchgw.web.access import (
     credentials_hash,
 )
 from watchgw.web.app import make_app
+from watchgw.web.body import RateLimited
 from watchgw.web.keys import ACCESS
 from watchgw.web.server import running_app
 
@@ -293,3 +294,23 @@ def test_token_header_default_is_oauth2_proxys() -> None:
     assert make_config(auth={"mode": "forward", "forward_url": "http://x"}).auth.forward_token_header == (
         TOKEN_HEADER
     )
+
+
+async def test_failures_are_limited_per_address_before_asking_the_service(forward_factory: Factory) -> None:
+    fwd: Forward = await forward_factory(failures_per_minute=3)
+    for i in range(3):
+        with pytest.raises(Unauthenticated):
+            await fwd.authenticate({"Cookie": f"session=forged-{i}"})
+    for i in range(10):
+        with pytest.raises(RateLimited) as caught:
+            await fwd.authenticate({"Cookie": f"session=forged-more-{i}"})
+        assert caught.value.retry_after_s > 0
+    assert len(fwd.server.requests) == 3, "nothing more was asked once the address ran out"
+    # One failure's worth back (3 per minute): a success gives it back, a failure uses it up.
+    fwd.clock.now += 20.0
+    assert (await fwd.authenticate(ALICE)).identity == "alice"
+    with pytest.raises(Unauthenticated):
+        await fwd.authenticate({"Cookie": "session=forged-later"})
+    with pytest.raises(RateLimited):
+        await fwd.authenticate({"Cookie": "session=sess-bob-abcdef"})
+    assert (await fwd.authenticate(ALICE)).identity == "alice"  # cached: never refused

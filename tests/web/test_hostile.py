@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.conftest import make_config
 from tests.fakes import FakeUpstreams, make_object
 from tests.web.conftest import Gateway
+from watchgw.client.client import WatchClientError
 from watchgw.web import routes
 from watchgw.web.app import make_app
 from watchgw.web.keys import HUB
@@ -81,7 +82,11 @@ async def test_hostile_fields_are_400_naming_the_field(gateway: Gateway, field: 
         (b"GET /api/watch/stream?cid=" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", (400, 414)),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n", (400, 431)),
         (b"GET /api/watch/stream?cid=abcdefgh%0d%0aX HTTP/1.1\r\nHost: x\r\n\r\n", (400,)),
-        (b"POST /api/watch/subscribe HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n{", (413,)),
+        (
+            b"POST /api/watch/subscribe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 99999999\r\n\r\n{",
+            (413,),
+        ),
         (b"GARBAGE\r\n\r\n", (400,)),
     ],
 )
@@ -97,7 +102,10 @@ async def test_oversized_and_malformed_requests(
 
 async def test_subscribe_rate_limit_per_identity(gateway_factory: Callable[..., Any]) -> None:
     gateway: Gateway = await gateway_factory(
-        make_config(limits={"subscribe_rate_per_s": 1, "subscribe_burst": 3})
+        make_config(
+            limits={"subscribe_rate_per_s": 1, "subscribe_burst": 3},
+            server={"trusted_proxies": ["127.0.0.1"]},
+        )
     )
     client = await gateway.client()
     async with aiohttp.ClientSession() as http:
@@ -111,8 +119,13 @@ async def test_subscribe_rate_limit_per_identity(gateway_factory: Callable[..., 
                     assert (await response.json())["error"]["code"] == "rate_limited"
     assert statuses[:3] == [200, 200, 200]
     assert statuses[3:] == [429, 429]
-    # Without authentication every caller is "anonymous": the bucket is per client, not shared.
-    other = await gateway.client()
+    # Without authentication every caller is "anonymous": the bucket is per client address, so a
+    # fresh cid from the same address does not get a fresh bucket; another address does.
+    fresh = await gateway.client()
+    with pytest.raises(WatchClientError) as caught:
+        await fresh.subscribe(resourceType="api/v1/secrets", namespace="ns-0")
+    assert (caught.value.status, caught.value.code) == (429, "rate_limited")
+    other = await gateway.client(headers={"X-Forwarded-For": "198.51.100.7"})
     await other.subscribe(resourceType="api/v1/secrets", namespace="ns-0")
 
 

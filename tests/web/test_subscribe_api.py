@@ -18,6 +18,7 @@ SECRETS = {"resourceType": "api/v1/secrets", "projectId": "proj-abc", "namespace
 
 
 async def post(gateway: Gateway, path: str, body: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    kwargs.setdefault("headers", {"Content-Type": "application/json"})  # 415 without it
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{gateway.url}/api/watch/{path}", data=body, **kwargs) as response,

@@ -282,7 +282,9 @@ class WatchClient:
         body = {"clientId": self.client_id, "channel": channel}
         async with self.session.post(self._url("unsubscribe"), json=body, headers=self.headers) as response:
             if response.status != 200:
-                raise await _error_of(response)
+                error = await _error_of(response)
+                if error.code != "unknown_channel":  # 404: not held (any more): already gone
+                    raise error
 
     # ------------------------------------------------------------------ teardown
     async def disconnect(self) -> None:

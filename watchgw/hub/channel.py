@@ -23,11 +23,29 @@ A position strictly inside one of this channel's relists (``P < V < L``, which o
 another replica can hold) cannot be caught up: the relist's difference does not show objects that
 were created and deleted between ``P`` and ``L``, and the client may hold one. Such a client gets
 ``resync`` + snapshot, as does one whose position is older than the history.
+
+Snapshots are written in parts (:class:`SnapshotWriter`), one part each time the session's socket
+has drained, never built whole: a session queues at most ``client_buffer_bytes`` whatever the size
+of the channels it holds. The writer takes the channel's object keys when it starts and, for each,
+writes the object's state *at the time the part is written* (an object deleted meanwhile is
+skipped). From its start, the session receives the channel's live frames again, interleaved with
+the parts. So, for every object, the last frame the client gets carries its latest state: a change
+before the object's part is in the part (the live frame came earlier), a change after it comes as a
+live frame after it, an object created after the start arrives live only, a deletion after the
+start arrives live (its part, if later, is skipped). At ``synced`` (built after the last part) the
+client therefore holds exactly the channel's objects. Live frames between ``subscribed``/``resync``
+and ``synced`` carry their positions, but a position is one to resume from only once the channel is
+synced (PROTOCOL.md section 4; both of watchgw's clients take positions from ``synced`` on).
+
+Bounds: :attr:`Channel.history` keeps at most ``channel_history`` frames and
+``channel_history_bytes`` bytes, :attr:`Channel.tombstones` as many deletions and as many bytes of
+their objects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -36,7 +54,7 @@ import structlog
 
 from watchgw.hub.credential import SubscriberCredential
 from watchgw.hub.frames import Frame, FrameFactory, dumps
-from watchgw.hub.session import Session
+from watchgw.hub.session import Session, SnapshotRequest
 from watchgw.kube.types import (
     InformerPhase,
     InformerState,
@@ -75,6 +93,7 @@ class Channel:
         target: WatchTarget,
         frames: FrameFactory,
         history_limit: int,
+        history_bytes: int = 8 * 1024 * 1024,
         upstream_factory: UpstreamFactory,
         on_gone: Callable[[Channel], None],
         registry_key: str | None = None,
@@ -104,8 +123,10 @@ class Channel:
         ``Last-Event-ID``): they receive nothing, but keep the channel and its tombstones for
         when the client subscribes again (within ``session_ttl_s``)."""
         self.tombstones: deque[tuple[int, ObjectKey, bytes]] = deque()
-        """(number, key, last known object) of the latest deletions, at most ``history_limit``:
-        what a client that never clears its state may still hold when it comes back."""
+        """(number, key, last known object) of the latest deletions, at most ``history_limit`` and
+        ``history_bytes`` of objects: what a client that never clears its state may still hold
+        when it comes back."""
+        self.tombstone_bytes = 0
         self.buried = 0
         """Deletions so far: a session notes it when it joins, and later gets only newer ones."""
         self.synced = False
@@ -114,6 +135,14 @@ class Channel:
         self.history: deque[tuple[int, Frame]] = deque()
         """(position at the end of the frame's group, frame), oldest first."""
         self.history_limit = history_limit
+        self.history_bytes = history_bytes
+        """Bound of :attr:`history` in bytes (frames on the wire), as of :attr:`tombstones`."""
+        self.history_size = 0
+        """Bytes of the frames in :attr:`history`."""
+        self._keys: tuple[ObjectKey, ...] | None = None
+        """The object keys, shared by the snapshots that start while the set of keys is unchanged."""
+        self._keys_of: object = None
+        """The objects map :attr:`_keys` was taken of (a relist replaces it)."""
         self.complete_from: int | None = None
         """``history`` holds every frame whose group ends at or after this (None: nothing yet)."""
         self.relists: deque[tuple[int, int]] = deque()
@@ -145,8 +174,7 @@ class Channel:
             self.waiting[session] = True
         self.subscribers.clear()
         self.synced = False
-        self.history.clear()
-        self.relists.clear()
+        self._clear_history()
         self.complete_from = None
         self.upstream = self._upstream_factory(self.target, self)
         self.start()
@@ -181,31 +209,40 @@ class Channel:
         self.events += len(events)
         advance = self._advance
         if not self.synced:
-            # The first LIST: waiting sessions get one shared snapshot at sync.
+            # The first LIST: waiting sessions get their snapshots at sync.
+            self._keys = None
             for event in events:
                 advance(event.resource_version)
             return
         frames: list[Frame] = []
         history = self.history
+        size = 0
         for event in events:
             end = advance(event.resource_version)
             frame = self._frame_of(event, self.rv)
             frames.append(frame)
             history.append((end, frame))
+            size += len(frame.wire)
             if event.type == "DELETED":
                 self._bury(event)
+            elif event.type == "ADDED":
+                self._keys = None
+        self.history_size += size
         self._fan_out(frames)
 
     def _bury(self, event: WatchEvent) -> None:
+        self._keys = None
         self.buried += 1
         tombstones = self.tombstones
         tombstones.append((self.buried, event.key, event.object_json))
-        if len(tombstones) > self.history_limit:
-            tombstones.popleft()
+        self.tombstone_bytes += len(event.object_json)
+        while len(tombstones) > self.history_limit or self.tombstone_bytes > self.history_bytes:
+            self.tombstone_bytes -= len(tombstones.popleft()[2])
 
     def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
         """A relist's difference: consistent only once every event of it is applied."""
         self.events += len(events)
+        self._keys = None
         if not self.synced:
             self._advance(resource_version)
             return
@@ -222,12 +259,19 @@ class Channel:
             if event.type == "DELETED":
                 self._bury(event)
         self.history.extend((end, frame) for frame in frames)
+        self.history_size += sum(len(frame.wire) for frame in frames)
         self._fan_out(frames)
+
+    def _clear_history(self) -> None:
+        self.history.clear()
+        self.history_size = 0
+        self.relists.clear()
 
     def _fan_out(self, frames: list[Frame]) -> None:
         history = self.history
-        while len(history) > self.history_limit:
-            trimmed_end = history.popleft()[0]
+        while len(history) > self.history_limit or self.history_size > self.history_bytes:
+            trimmed_end, trimmed = history.popleft()
+            self.history_size -= len(trimmed.wire)
             # A client at ``trimmed_end`` may lack that frame: catch-ups start above it now.
             if self.complete_from is not None:
                 self.complete_from = max(self.complete_from, trimmed_end + 1)
@@ -257,8 +301,17 @@ class Channel:
             if not self.synced:
                 self._first_sync()
         elif state.phase is InformerPhase.DEGRADED:
-            if state.error_code == 401:
-                self._credential.rejected()  # the next attempt uses someone else's token
+            if state.error_code in (401, 403) and self._credential.rejected():
+                # A subscriber's own token was refused (expired, or its user lost access): the
+                # next attempt uses another subscriber's. What the control plane said names that
+                # user; the other subscribers must not learn it.
+                state = dataclasses.replace(
+                    state,
+                    error_message=(
+                        f"the control plane refused a subscriber's credential ({state.error_code});"
+                        " the watch moves to another subscriber's"
+                    ),
+                )
             first = self._failing is None
             self._failing = state
             if self.error_frame is not None or self._watch_error_after_s <= 0:
@@ -312,15 +365,12 @@ class Channel:
 
     def _first_sync(self) -> None:
         self.synced = True
-        self.history.clear()
-        self.relists.clear()
+        self._clear_history()
         self.complete_from = self._rv_int
-        wanting = [session for session, snapshot in self.waiting.items() if snapshot]
-        if wanting:
-            frames = self._snapshot_frames()
-            for session in wanting:
-                session.push_many(frames)
-        for session in self.waiting:
+        for session, snapshot in self.waiting.items():
+            if snapshot:
+                # Noted only: built in parts once the session's stream has room for it.
+                session.request_snapshot(self.key, (None, None))
             self.subscribers[session] = None
         self.waiting.clear()
         log.info("channel.synced", channel=self.key, objects=len(self.upstream.objects), rv=self.rv)
@@ -329,40 +379,40 @@ class Channel:
         """A control frame of this channel made for one session (not kept for replay)."""
         return self._frames.event(event, {"channel": self.key, **data}, channel=self.key, snapshot=True)
 
-    def _snapshot_frames(self, *, resync: str | None = None, stale_since: int | None = None) -> list[Frame]:
-        """``resync`` (when a reason is given), every object as ADDED, then ``synced``: frames
-        made in the order they are sent, so their ids increase. The objects carry no position:
-        only ``synced`` marks a complete state.
+    def snapshot_keys(self) -> tuple[ObjectKey, ...]:
+        """The keys of the current objects (shared while the set of keys does not change)."""
+        objects = self.upstream.objects
+        keys = self._keys
+        if keys is None or self._keys_of is not objects or len(keys) != len(objects):
+            keys = self._keys = tuple(objects)
+            self._keys_of = objects
+        return keys
 
-        ``stale_since``: the client may still hold objects of this channel from before (it may
-        ignore ``resync`` and never clear its state, as the portal's client does), so a DELETED
-        follows for every object deleted after deletion number ``stale_since`` (when the session
-        first joined) that is gone (from :attr:`tombstones`; possibly one the client already saw
-        deleted, which is harmless)."""
-        frames = self._frames
-        out = []
-        if resync is not None:
-            out.append(self._control("resync", reason=resync))
-            if stale_since is None:
-                stale_since = 0
-        out += [
-            frames.watch(
-                channel_json=self.key_json,
-                channel=self.key,
-                type="ADDED",
-                key=key,
-                object_json=event.object_json,
-                resource_version="",
-                snapshot=True,
-            )
-            for key, event in self.upstream.objects.items()
-        ]
-        if stale_since is not None:
-            out += self._deletions(stale_since)
-        out.append(self._control("synced", resourceVersion=self.rv))
-        return out
+    def snapshot_frame(self, key: ObjectKey, event: WatchEvent) -> Frame:
+        return self._frames.watch(
+            channel_json=self.key_json,
+            channel=self.key,
+            type="ADDED",
+            key=key,
+            object_json=event.object_json,
+            resource_version="",
+            snapshot=True,
+        )
 
-    def _deletions(self, since: int) -> list[Frame]:
+    def deletion_frame(self, key: ObjectKey, object_json: bytes) -> Frame:
+        return self._frames.watch(
+            channel_json=self.key_json,
+            channel=self.key,
+            type="DELETED",
+            key=key,
+            object_json=object_json,
+            resource_version="",
+            snapshot=True,
+        )
+
+    def deleted_since(self, since: int) -> list[tuple[ObjectKey, bytes]]:
+        """(key, last object) of each object deleted after deletion number ``since`` that is
+        gone now, newest first (from :attr:`tombstones`: references, nothing copied)."""
         objects = self.upstream.objects
         done: set[ObjectKey] = set()
         out = []
@@ -372,18 +422,11 @@ class Channel:
             if key in objects or key in done:
                 continue
             done.add(key)
-            out.append(
-                self._frames.watch(
-                    channel_json=self.key_json,
-                    channel=self.key,
-                    type="DELETED",
-                    key=key,
-                    object_json=object_json,
-                    resource_version="",
-                    snapshot=True,
-                )
-            )
+            out.append((key, object_json))
         return out
+
+    def synced_frame(self) -> Frame:
+        return self._control("synced", resourceVersion=self.rv)
 
     # ------------------------------------------------------------------ subscribers
     def join(self, session: Session, *, resource_version: str | None, snapshot: bool) -> None:
@@ -405,15 +448,16 @@ class Channel:
         if snapshot:
             catch_up = self._catch_up(int(resource_version)) if resource_version else None
             if catch_up is not None:
+                # At most the channel's history; over the session's buffer it becomes a resync.
                 catch_up.append(self._control("synced", resourceVersion=self.rv))
                 session.push_many(catch_up)
+            elif resource_version:
+                # The client may hold (and may not clear) objects from anywhere: every deletion.
+                session.request_snapshot(self.key, ("expired", joined_at if came_back else 0))
             else:
-                session.push_many(
-                    self._snapshot_frames(
-                        resync="expired" if resource_version else None,
-                        stale_since=joined_at if came_back else None,
-                    )
-                )
+                # Noted only: built in parts once the session's stream has room for it (a
+                # session whose stream is gone builds nothing).
+                session.request_snapshot(self.key, (None, joined_at if came_back else None))
         self.subscribers[session] = None
 
     def _catch_up(self, since: int) -> list[Frame] | None:
@@ -446,15 +490,77 @@ class Channel:
             return True
         return self.waiting.pop(session, None) is not None
 
-    def resnapshot(self, session: Session) -> None:
-        """``resync`` + snapshot + ``synced`` for one session that fell too far behind."""
+    def resnapshot(self, session: Session, request: SnapshotRequest) -> None:
+        """Start the snapshot ``request`` (``resync`` reason, deletions since) for ``session``,
+        whose stream is attached and drained: the ``resync`` frame now, then the writer's parts."""
         if self.key not in session.channels:
             return
+        reason, stale_since = request
         if not self.synced:
-            session.push(self._control("resync", reason="overflow"))
+            if reason is not None:
+                session.push(self._control("resync", reason=reason))
             self.subscribers.pop(session, None)
             self.waiting[session] = True
             return
-        session.push_many(
-            self._snapshot_frames(resync="overflow", stale_since=session.deletions_seen.get(self.key, 0))
-        )
+        # From here on the session gets live frames again: the writer's keys are taken now and
+        # the resync (which makes the client drop what it holds) comes before any of them.
+        session.begin_snapshot(self.key, SnapshotWriter(self, stale_since))
+        if reason is not None:
+            session.push(self._control("resync", reason=reason))
+
+
+class SnapshotWriter:
+    """One session's snapshot of a channel, written in parts (see the module docstring): every
+    object as ADDED (its state when its part is written), then, with ``stale_since``, a DELETED of
+    each object deleted after that deletion number that is still gone, then ``synced``.
+
+    Holds the channel's key tuple (shared between snapshots while it does not change) and a
+    position: no frames, no objects."""
+
+    __slots__ = ("_channel", "_deletions", "_keys", "_pos", "_stale_since", "_upstream")
+
+    def __init__(self, channel: Channel, stale_since: int | None) -> None:
+        self._channel = channel
+        self._upstream = channel.upstream
+        self._keys = channel.snapshot_keys()
+        self._pos = 0
+        self._stale_since = stale_since
+        self._deletions: list[tuple[ObjectKey, bytes]] | None = None
+
+    def part(self, room: int) -> tuple[list[Frame], bool]:
+        channel = self._channel
+        if channel.upstream is not self._upstream or not channel.synced:
+            # The upstream was restarted: the session got resync and waits for its first sync.
+            return [], True
+        objects = self._upstream.objects
+        keys = self._keys
+        out: list[Frame] = []
+        size = 0
+        pos = self._pos
+        count = len(keys)
+        while pos < count and size < room:
+            key = keys[pos]
+            pos += 1
+            event = objects.get(key)
+            if event is not None:  # gone since the start: its DELETED was sent live
+                frame = channel.snapshot_frame(key, event)
+                out.append(frame)
+                size += len(frame.wire)
+        self._pos = pos
+        if pos < count:
+            return out, False
+        if self._stale_since is not None:
+            deletions = self._deletions
+            if deletions is None:
+                deletions = self._deletions = channel.deleted_since(self._stale_since)
+                deletions.reverse()  # popped from the end: newest first, as before
+            while deletions and size < room:
+                key, object_json = deletions.pop()
+                if key not in objects:
+                    frame = channel.deletion_frame(key, object_json)
+                    out.append(frame)
+                    size += len(frame.wire)
+            if deletions:
+                return out, False
+        out.append(channel.synced_frame())
+        return out, True

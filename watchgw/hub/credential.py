@@ -2,7 +2,8 @@
 
 Every subscriber was authorized (and is re-checked) with its own token, so any of them may carry
 the channel's upstream watch. The policy: use the first subscriber's token the control plane has
-not rejected; when the control plane rejects it (401), skip it until its owner leaves; when its
+not rejected; when the control plane rejects it (401, or 403 once its user lost access), skip it
+until its owner leaves; when its
 owner leaves, the watch must move to another subscriber's token (the channel resumes the watch
 from its resourceVersion, no LIST). With no subscriber left, the last token serves only the grace
 period.
@@ -37,10 +38,13 @@ class SubscriberCredential:
         self._owner = None
         return None
 
-    def rejected(self) -> None:
-        """The control plane refused the token in use (401): the next pick skips it."""
+    def rejected(self) -> bool:
+        """The control plane refused the token in use (401 expired, 403 no longer allowed): the
+        next pick skips it until its owner leaves. True when a subscriber's token was in use."""
         if self._owner is not None and self._owner.token:
             self._rejected.add(self._owner.token)
+            return True
+        return False
 
     def owner_left(self, holder: TokenHolder) -> bool:
         """``holder`` stops subscribing; True when the watch runs with its token and must move."""

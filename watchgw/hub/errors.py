@@ -42,3 +42,18 @@ class TooManyClients(HubError):
 
 class Draining(HubError):
     status, code = 503, "shutting_down"
+
+
+class TooManyClientsForIdentity(HubError):
+    """One identity (without authentication: one client address) holds ``max_clients_per_identity``
+    sessions; everyone else is still served."""
+
+    status, code = 429, "too_many_clients_for_identity"
+
+
+class TooManySubscriptionsForIdentity(HubError):
+    status, code = 429, "too_many_subscriptions_for_identity"
+
+
+class TooManyChannelsForIdentity(HubError):
+    status, code = 429, "too_many_channels_for_identity"

@@ -1,5 +1,13 @@
 """WatchHub: the registry of sessions and channels, reference counting, grace period, limits.
 
+Limits per identity (``limits.max_*_per_identity``) count what each identity holds: sessions,
+subscriptions (parked ones too) and distinct channels. The identity they count by is the
+session's *quota key*, given when its stream opens: the caller's identity, or without
+authentication its client address (the web layer decides). Each subscribe costs O(1): a
+:class:`_Usage` per quota key and a :class:`_Holder` per session with the registry keys it is
+counted for, updated where subscriptions begin and end, so the counts cannot drift: a count is
+added once per (session, channel) and removed once, and a session's end removes what is left.
+
 Everything here is synchronous and runs on the event loop: a subscribe is validated, counted and
 joined without an ``await``, so no other client can observe a half-made subscription, and frames
 get ids in the order they are pushed.
@@ -22,8 +30,11 @@ from watchgw.hub.errors import (
     Draining,
     Forbidden,
     TooManyChannels,
+    TooManyChannelsForIdentity,
     TooManyClients,
+    TooManyClientsForIdentity,
     TooManySubscriptions,
+    TooManySubscriptionsForIdentity,
     UnknownClient,
 )
 from watchgw.hub.frames import FrameFactory
@@ -40,6 +51,32 @@ class StreamGrant:
 
     session: Session
     resumed: bool
+
+
+class _Usage:
+    """What one quota key (identity or client address) holds."""
+
+    __slots__ = ("channels", "sessions", "subscriptions")
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, None] = {}
+        """Client ids of its sessions."""
+        self.subscriptions = 0
+        """Subscriptions of its sessions, parked ones included."""
+        self.channels: dict[str, int] = {}
+        """Registry key -> how many of its sessions hold the channel (subscribed or parked)."""
+
+
+class _Holder:
+    """One session's share of its :class:`_Usage`: the registry keys it is counted for."""
+
+    __slots__ = ("held", "quota", "session", "usage")
+
+    def __init__(self, session: Session, quota: str, usage: _Usage) -> None:
+        self.session = session
+        self.quota = quota
+        self.usage = usage
+        self.held: dict[str, None] = {}
 
 
 class WatchHub:
@@ -69,6 +106,10 @@ class WatchHub:
         self.sessions_opened = 0
         self.retired: dict[str, int] = {"events": 0, "deliveries": 0, "coalesced": 0, "resyncs": 0}
         """Counters of channels and sessions that are gone, so totals never go backwards."""
+        self.usage: dict[str, _Usage] = {}
+        """By quota key (see the module's docstring); an entry goes with its last session."""
+        self._holders: dict[str, _Holder] = {}
+        """By client id, for the sessions in :attr:`sessions`."""
 
     # ------------------------------------------------------------------ observing
     def _changed(self) -> None:
@@ -88,10 +129,13 @@ class WatchHub:
                 await waiter
 
     # ------------------------------------------------------------------ streams
-    def open_stream(self, *, client_id: str, identity: str, last_event_id: int | None) -> StreamGrant:
+    def open_stream(
+        self, *, client_id: str, identity: str, last_event_id: int | None, quota: str | None = None
+    ) -> StreamGrant:
         """Find or make the session of ``client_id`` for a new stream; the caller then calls
         :meth:`attach` (or :meth:`stream_closed` if the stream never starts). An existing session
-        stops expiring now: the stream may take a while to start."""
+        stops expiring now: the stream may take a while to start. ``quota``: what the per-identity
+        limits count a new session under (default: ``identity``)."""
         if self.draining:
             raise Draining("the server is shutting down; reconnect shortly")
         session = self.sessions.get(client_id)
@@ -105,12 +149,23 @@ class WatchHub:
             self._park_subscriptions(session)
             session.reset()
             return StreamGrant(session, resumed=False)
+        quota = quota or identity
+        usage = self.usage.get(quota)
+        if usage is not None and len(usage.sessions) >= self.limits.max_clients_per_identity:
+            raise TooManyClientsForIdentity(
+                f"this identity already holds {self.limits.max_clients_per_identity} clients (streams,"
+                f" and sessions within {self.limits.session_ttl_s:g} s of their stream's end)"
+            )
         if len(self.sessions) >= self.limits.max_clients:
             raise TooManyClients(f"the server is at its limit of {self.limits.max_clients} clients")
         session = Session(
             client_id=client_id, identity=identity, buffer_bytes=self.limits.client_buffer_bytes
         )
         self.sessions[client_id] = session
+        if usage is None:
+            usage = self.usage[quota] = _Usage()
+        usage.sessions[client_id] = None
+        self._holders[client_id] = _Holder(session, quota, usage)
         self.sessions_opened += 1
         self._changed()
         return StreamGrant(session, resumed=False)
@@ -150,16 +205,67 @@ class WatchHub:
         self._changed()
 
     def end_session(self, session: Session) -> None:
-        if self.sessions.get(session.client_id) is session:
+        current = self.sessions.get(session.client_id) is session
+        if current:
             del self.sessions[session.client_id]
         self._release_subscriptions(session)
         for key in list(session.released):
             self._unpark(session, key)
+        if current:
+            self._drop_holder(session)
         self.retired["coalesced"] += session.coalesced
         self.retired["resyncs"] += session.resyncs
         session.close()
         log.info("client.expired", client_id=session.client_id)
         self._changed()
+
+    # ------------------------------------------------------------------ per-identity usage
+    def _holder(self, session: Session) -> _Holder | None:
+        holder = self._holders.get(session.client_id)
+        return holder if holder is not None and holder.session is session else None
+
+    def _count(self, session: Session, registry_key: str) -> None:
+        """``session`` holds the channel ``registry_key`` (once per pair, however often called)."""
+        holder = self._holder(session)
+        if holder is None or registry_key in holder.held:
+            return
+        holder.held[registry_key] = None
+        usage = holder.usage
+        usage.subscriptions += 1
+        usage.channels[registry_key] = usage.channels.get(registry_key, 0) + 1
+
+    def _uncount(self, session: Session, registry_key: str) -> None:
+        """``session`` no longer holds the channel ``registry_key`` (nothing if it was not counted)."""
+        holder = self._holder(session)
+        if holder is None or registry_key not in holder.held:
+            return
+        del holder.held[registry_key]
+        usage = holder.usage
+        usage.subscriptions -= 1
+        left = usage.channels[registry_key] - 1
+        if left:
+            usage.channels[registry_key] = left
+        else:
+            del usage.channels[registry_key]
+
+    def _drop_holder(self, session: Session) -> None:
+        """The session is gone: whatever it is still counted for, and its usage entry if last."""
+        holder = self._holder(session)
+        if holder is None:
+            return
+        for registry_key in list(holder.held):
+            self._uncount(session, registry_key)
+        del self._holders[session.client_id]
+        holder.usage.sessions.pop(session.client_id, None)
+        if not holder.usage.sessions and self.usage.get(holder.quota) is holder.usage:
+            del self.usage[holder.quota]
+
+    def usage_of(self, quota: str) -> tuple[int, int, int] | None:
+        """(sessions, subscriptions, distinct channels) counted for ``quota``; None: nothing."""
+        usage = self.usage.get(quota)
+        if usage is None:
+            return None
+        return len(usage.sessions), usage.subscriptions, len(usage.channels)
 
     # ------------------------------------------------------------------ subscriptions
     def session_for(self, client_id: str, identity: str) -> Session:
@@ -190,10 +296,21 @@ class WatchHub:
             raise TooManySubscriptions(
                 f"a client may hold at most {self.limits.max_subscriptions_per_client} subscriptions"
             )
-        if (
-            self.registry_key(key, target) not in self.channels
-            and len(self.channels) >= self.limits.max_channels
-        ):
+        registry_key = self.registry_key(key, target)
+        holder = self._holder(session)
+        if holder is not None and registry_key not in holder.held:  # parked: counted already
+            limits, usage = self.limits, holder.usage
+            if usage.subscriptions >= limits.max_subscriptions_per_identity:
+                raise TooManySubscriptionsForIdentity(
+                    f"this identity already holds {limits.max_subscriptions_per_identity} subscriptions"
+                    " across its clients"
+                )
+            if registry_key not in self.channels and len(usage.channels) >= limits.max_channels_per_identity:
+                raise TooManyChannelsForIdentity(
+                    f"this identity already holds {limits.max_channels_per_identity} channels: it may"
+                    " join channels that are open, not open more"
+                )
+        if registry_key not in self.channels and len(self.channels) >= self.limits.max_channels:
             raise TooManyChannels(f"the server is at its limit of {self.limits.max_channels} channels")
         return key, False
 
@@ -217,6 +334,7 @@ class WatchHub:
                 target=self._resolve(target),
                 frames=self.frames,
                 history_limit=self.limits.channel_history,
+                history_bytes=self.limits.channel_history_bytes,
                 watch_error_after_s=self.limits.watch_error_after_s,
                 upstream_factory=self._upstream_factory,
                 on_gone=self._channel_gone,
@@ -239,6 +357,7 @@ class WatchHub:
             channel.leave(session, "error")
             self._maybe_idle(channel)
             raise
+        self._count(session, registry_key)
         log.debug("client.subscribed", client_id=session.client_id, channel=key)
         return key
 
@@ -249,6 +368,7 @@ class WatchHub:
                 self._unpark(session, key)
             return
         held.leave(session, reason)
+        self._uncount(session, held.registry_key)
         if notify:
             session.push(self.frames.event("unsubscribed", {"channel": key, "reason": reason}, channel=key))
         channel = self.channels.get(held.registry_key)
@@ -275,6 +395,8 @@ class WatchHub:
     def _unpark(self, session: Session, key: str) -> None:
         registry_key = session.released.pop(key, None)
         session.deletions_seen.pop(key, None)
+        if registry_key is not None:
+            self._uncount(session, registry_key)
         channel = self.channels.get(registry_key) if registry_key is not None else None
         if channel is not None and channel.unpark(session):
             self._maybe_idle(channel)
@@ -313,6 +435,15 @@ class WatchHub:
 
     def _channel_gone(self, channel: Channel) -> None:
         """The resource type is not served: subscribers were told; the channel goes away."""
+        # Its sessions left it without the hub (Channel's GONE): their counts go here. Rare, so
+        # a pass over the identities rather than an index kept for every subscription.
+        registry_key = channel.registry_key
+        for usage in list(self.usage.values()):
+            if registry_key in usage.channels:
+                for client_id in list(usage.sessions):
+                    holder = self._holders.get(client_id)
+                    if holder is not None:
+                        self._uncount(holder.session, registry_key)
         self._close_channel(channel)
         log.info("channel.gone", channel=channel.key)
 
@@ -350,6 +481,8 @@ class WatchHub:
         for session in list(self.sessions.values()):
             session.close()
         self.sessions.clear()
+        self._holders.clear()
+        self.usage.clear()
         tasks = list(self._closing)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -8,9 +8,21 @@ arrive) and the session's stream task (the request handler runs :meth:`Session.p
 everything queued in one write, then waits for the transport to drain. Backpressure therefore
 comes from the transport's own write buffer.
 
-Bounds: the outbox may hold ``client_buffer_bytes`` beyond what a snapshot put in it. Over the
-bound, the channels with the most queued bytes are marked for ``resync``: their frames are dropped
-and, once the client has drained, it gets ``resync`` + a fresh snapshot + ``synced``.
+Bounds: the outbox holds at most ``client_buffer_bytes`` (plus, after a resume, the frames it
+replays, which the resume log already held). Over the bound, the channels with the most queued
+bytes are marked for ``resync``: their frames are dropped and, once the client has drained, it gets
+``resync`` + a fresh snapshot + ``synced``.
+
+Snapshots are written in parts, never queued whole. A channel that owes the session a snapshot
+(a subscribe, a resync) is only *noted* (:meth:`Session.request_snapshot`; its live frames are
+dropped meanwhile, the snapshot will hold their state): nothing is built while no stream is
+attached, so a session whose stream is gone costs a few bytes per channel, not a snapshot. Once a
+stream is attached and the outbox is empty, the pump asks the channel for a
+:class:`SnapshotWriter` and takes one part of at most :data:`SNAPSHOT_PART_BYTES` from it each time
+the socket has drained, writing it at once. From the first part on, the channel's live frames
+flow to the session again, interleaved with the parts; the writer reads each object's *current*
+state when it writes it, so whichever frame of an object comes last carries its latest state, and
+the ``synced`` at the end still means complete (see ``hub/channel.py``, ``SnapshotWriter``).
 
 Resume: written frames go to the session's :class:`~watchgw.hub.replay.ReplayLog`, so a client that
 reconnects with ``Last-Event-ID`` gets every frame after it, or a ``resync`` (``unsubscribed``)
@@ -37,6 +49,8 @@ log = structlog.get_logger("watchgw.session")
 
 _PING_CHUNK = chunk(PING)
 
+_WATCH = b"\nevent: watch\n"
+
 #: Above this many bytes in the transport's buffer, frames queue in the session instead.
 WRITE_HIGH_WATER = 256 * 1024
 
@@ -54,11 +68,30 @@ class Subscription(Protocol):
     @property
     def target(self) -> WatchTarget: ...
 
-    def resnapshot(self, session: Session) -> None:
-        """``resync`` + snapshot + ``synced`` for this session, which fell too far behind."""
+    def resnapshot(self, session: Session, request: SnapshotRequest) -> None:
+        """Start the snapshot ``request`` for this session (its stream is attached and drained):
+        :meth:`Session.begin_snapshot` with a writer, or, while the channel is not synced, put it
+        back to wait for the first sync."""
 
     def leave(self, session: Session, reason: str, *, parking: bool = False) -> bool:
         """Stop delivering to ``session`` (which calls :meth:`Session.left` for it)."""
+
+
+class SnapshotWriter(Protocol):
+    """A snapshot being written to one session in parts (``hub.channel.SnapshotWriter``)."""
+
+    def part(self, room: int) -> tuple[list[Frame], bool]:
+        """The next frames, about ``room`` bytes (at least one frame), and whether that was all."""
+
+
+#: ``(resync reason, deletions since)`` of a snapshot a channel owes a session: the reason of the
+#: ``resync`` frame that comes first (None: a plain snapshot, for a client that holds nothing of the
+#: channel), and the deletion number after which ``DELETED`` frames of objects deleted since follow
+#: the objects (None: none; for a client that may still hold objects, see ``Channel.join``).
+SnapshotRequest = tuple[str | None, int | None]
+
+#: Bytes of snapshot frames built and written at once, each time the socket has drained.
+SNAPSHOT_PART_BYTES = 256 * 1024
 
 
 def _heartbeat_due(waiter: asyncio.Future[bool]) -> None:
@@ -78,6 +111,7 @@ class Session:
         "_resync",
         "_ttl_handle",
         "_waiter",
+        "_writers",
         "channels",
         "client_id",
         "closing",
@@ -121,7 +155,11 @@ class Session:
         """Made at the first frame that must queue (most idle clients never need one)."""
         self._log: ReplayLog | None = None
         """Made at the first frame written."""
-        self._resync: dict[str, None] = {}
+        self._resync: dict[str, SnapshotRequest] = {}
+        """Channels that owe this session a snapshot not begun yet: their frames are dropped (the
+        snapshot will carry their state); begun once a stream is attached and the outbox is empty."""
+        self._writers: dict[str, SnapshotWriter] = {}
+        """Snapshots being written in parts (at most one per channel); live frames flow meanwhile."""
         self._waiter: asyncio.Future[bool] | None = None
         """What the pump awaits while idle; a future made only then (lighter than an Event)."""
         self._ttl_handle: asyncio.TimerHandle | None = None
@@ -143,8 +181,8 @@ class Session:
 
     def push(self, frame: Frame) -> None:
         """Deliver one frame (shared with other sessions; never modified)."""
-        if self._resync and frame.channel in self._resync:
-            return  # superseded by the snapshot this channel is waiting for
+        if self._resync and frame.channel in self._resync and _WATCH in frame.wire[:48]:
+            return  # superseded by the snapshot this channel is waiting for (not watch-error)
         t = self._writable()
         if t is not None:
             t.write(frame.wire if self._chunked else frame.payload)
@@ -172,15 +210,38 @@ class Session:
         self._remember(frames)
 
     def push_many(self, frames: Iterable[Frame]) -> None:
-        """Queue a batch (a snapshot): it may exceed the buffer bound by its own size, once."""
+        """Queue a batch made for this session (a catch-up). It counts against the buffer like
+        any frame: a batch over the bound gets its channel resynced (a snapshot, in parts)."""
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = Outbox()
         for frame in frames:
             outbox.append(frame)
-        self._budget = max(self._budget, outbox.bytes + self._limit)
+        if outbox.bytes > self._budget:
+            self._relieve(outbox)
         if self.transport is not None:
             self._wake()
+
+    def request_snapshot(self, channel: str, request: SnapshotRequest) -> None:
+        """``channel`` owes this session a snapshot: noted only (nothing is built, see the module
+        docstring); a snapshot of it being written is abandoned for the new one."""
+        if channel not in self.channels:
+            return
+        self._writers.pop(channel, None)
+        pending = self._resync.get(channel)
+        if pending is not None:
+            # One snapshot serves both: a resync still owed is kept, and the older deletions.
+            reason = request[0] if request[0] is not None else pending[0]
+            since = [n for n in (request[1], pending[1]) if n is not None]
+            request = (reason, min(since) if since else None)
+        self._resync[channel] = request
+        if self.transport is not None:
+            self._wake()
+
+    def begin_snapshot(self, channel: str, writer: SnapshotWriter) -> None:
+        """The channel's snapshot starts (called from ``Subscription.resnapshot``)."""
+        self._resync.pop(channel, None)
+        self._writers[channel] = writer
 
     def _remember(self, frames: Iterable[Frame]) -> None:
         replay_log = self._log
@@ -202,11 +263,12 @@ class Session:
         self._budget = max(self._limit, outbox.bytes)
         log.info("client.overflow", client_id=self.client_id, coalesced=outbox.coalesced, resync=resynced)
 
-    def mark_resync(self, channel: str) -> None:
+    def mark_resync(self, channel: str, reason: str = "overflow") -> None:
         """Drop the channel's queued frames; it gets ``resync`` + snapshot once drained."""
         if channel not in self.channels:
             return
-        self._resync[channel] = None
+        self._writers.pop(channel, None)
+        self._resync[channel] = (reason, self.deletions_seen.get(channel, 0))
         self.resyncs += 1
         if self._outbox is not None:
             self._outbox.drop_channel(channel)
@@ -226,6 +288,7 @@ class Session:
         if not parking:
             self.deletions_seen.pop(channel, None)
         self._resync.pop(channel, None)
+        self._writers.pop(channel, None)
         if self._log is None:
             self._log = ReplayLog(self._limit)
         self._log.left(channel, reason)
@@ -285,6 +348,7 @@ class Session:
         if self._outbox is not None:
             self._outbox.clear()
         self._resync.clear()
+        self._writers.clear()
         self._budget = self._limit
 
     def _wake(self) -> None:
@@ -313,7 +377,7 @@ class Session:
         notices a vanished peer where the server does not cancel handlers on disconnect.
         """
         while self.stream_generation == generation and self.transport is not None:
-            if not self._outbox and not self._resync:
+            if not self._outbox and not self._resync and not self._writers:
                 if self.closing:
                     return
                 self._budget = self._limit
@@ -349,14 +413,32 @@ class Session:
                     return
                 continue
             if not self._outbox:
-                # Drained: now the channels that overflowed get their fresh snapshot.
-                key = next(iter(self._resync))
-                del self._resync[key]
-                channel = self.channels.get(key)
-                if channel is not None:
-                    channel.resnapshot(self)
-                continue
+                # Drained: the next part of a snapshot being written, or the next snapshot owed.
+                if self._writers:
+                    self._next_part()
+                else:
+                    key = next(iter(self._resync))
+                    request = self._resync.pop(key)
+                    channel = self.channels.get(key)
+                    if channel is not None:
+                        channel.resnapshot(self, request)
+                    continue
+                if not self._outbox:
+                    continue
             self._write_queued(transport)
+
+    def _next_part(self) -> None:
+        """Queue the next part of the oldest snapshot being written (the pump writes it at once)."""
+        key, writer = next(iter(self._writers.items()))
+        frames, done = writer.part(min(self._limit, SNAPSHOT_PART_BYTES))
+        if done:
+            del self._writers[key]
+        if frames:
+            outbox = self._outbox
+            if outbox is None:
+                outbox = self._outbox = Outbox()
+            for frame in frames:
+                outbox.append(frame)
 
     def _write_queued(self, transport: asyncio.WriteTransport) -> None:
         """Everything queued in one write. A method of its own so that no local of the pump
@@ -395,6 +477,8 @@ class Session:
         self.cancel_expiry()
         self._outbox = None
         self._log = None
+        self._resync.clear()
+        self._writers.clear()
         self._on_expire = None
         self.transport = None
         self.stream_generation += 1

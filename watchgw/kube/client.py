@@ -222,6 +222,13 @@ class ListResult:
     pages: int = 1
 
 
+class ListTooLargeError(APIError):
+    """A LIST whose pages add up to more than ``upstream.max_list_bytes``: not read further (413)."""
+
+    default_status = 413
+    default_reason = "ListTooLarge"
+
+
 class KubeClient:
     """One control plane (``config.url``): LIST and WATCH of collections.
 
@@ -291,6 +298,8 @@ class KubeClient:
 
         Items get the list's ``apiVersion`` and ``kind`` (without ``List``) when they lack them,
         as watch events carry them. A ``continue`` token that expires mid-way restarts the LIST.
+        The bodies of all pages together may have at most ``config.max_list_bytes``: each page is
+        read in chunks up to what is left, and past it :class:`ListTooLargeError` is raised.
         """
         restarts = 0
         while True:
@@ -310,11 +319,13 @@ class KubeClient:
         pages = 0
         api_version = kind = ""
         rv: object = ""
+        left = self.config.max_list_bytes
         while True:
             params = build_query(target, limit=self.config.list_page_size, continue_token=continue_token)
             url = build_url(self.config, target, params)
             try:
-                body = await self._get_json(url, token=token)
+                body, size = await self._get_list_page(url, token=token, max_bytes=left)
+                left -= size
             except GoneError as exc:
                 if continue_token:
                     raise _ContinueExpired(exc) from exc
@@ -359,19 +370,25 @@ class KubeClient:
         :func:`~watchgw.kube.urls.scope_base_url`); the parsed answer, or a typed error."""
         return await self._request_json("POST", url, token=token, body=body)
 
-    async def _get_json(self, url: str, *, token: str | None) -> Any:
-        return await self._request_json("GET", url, token=token)
+    async def _get_list_page(self, url: str, *, token: str | None, max_bytes: int) -> tuple[Any, int]:
+        """One LIST page, parsed, and the bytes of its body (at most ``max_bytes``)."""
+        try:
+            return await self._request_json_unredacted("GET", url, token=token, max_bytes=max_bytes)
+        except APIError as exc:
+            exc.redact(self.credentials.tokens_in_use(token))
+            raise
 
     async def _request_json(self, method: str, url: str, *, token: str | None, body: Any = None) -> Any:
         try:
-            return await self._request_json_unredacted(method, url, token=token, body=body)
+            answer, _size = await self._request_json_unredacted(method, url, token=token, body=body)
+            return answer
         except APIError as exc:
             exc.redact(self.credentials.tokens_in_use(token))
             raise
 
     async def _request_json_unredacted(
-        self, method: str, url: str, *, token: str | None, body: Any = None
-    ) -> Any:
+        self, method: str, url: str, *, token: str | None, body: Any = None, max_bytes: int | None = None
+    ) -> tuple[Any, int]:
         session = self._get_session()
         headers = self.credentials.headers(token)
         data: bytes | None = None
@@ -389,7 +406,10 @@ class KubeClient:
             ) as resp:
                 if resp.status >= 400:
                     raise await _error_from_response(resp)
-                raw = await resp.read()
+                if max_bytes is None:
+                    raw = await resp.read()
+                else:
+                    raw = await self._read_list_body(resp, max_bytes)
         except aiohttp.ClientError as exc:
             raise _connection_error(exc) from exc
         except TimeoutError as exc:
@@ -397,9 +417,28 @@ class KubeClient:
         except OSError as exc:  # after TimeoutError, which is one; ssl.SSLError is one too
             raise _connection_error(exc) from exc
         try:
-            return ujson.loads(raw)
+            return ujson.loads(raw), len(raw)
         except ValueError as exc:  # UnicodeDecodeError (invalid UTF-8) is one
             raise MalformedResponseError(f"response is not JSON: {exc}") from exc
+
+    async def _read_list_body(self, resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+        """The body, read in chunks; :class:`ListTooLargeError` as soon as it passes ``max_bytes``
+        (or at once when its ``Content-Length`` says it will): never more is held."""
+        limit = self.config.max_list_bytes
+        too_large = ListTooLargeError(
+            f"the collection is larger than upstream.max_list_bytes ({limit} bytes): not listed"
+        )
+        length = resp.content_length
+        if length is not None and length > max_bytes:
+            raise too_large
+        parts: list[bytes] = []
+        size = 0
+        async for part in resp.content.iter_chunked(64 * 1024):
+            size += len(part)
+            if size > max_bytes:
+                raise too_large
+            parts.append(part)
+        return b"".join(parts)
 
     # -- WATCH -------------------------------------------------------------------------------
 
@@ -637,6 +676,7 @@ _PUBLIC_CONNECTION_MESSAGES: Final[dict[str, str]] = {
 __all__ = [
     "KubeClient",
     "ListResult",
+    "ListTooLargeError",
     "describe_bad_resource_version",
     "encode_object",
     "loggable",

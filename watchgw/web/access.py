@@ -43,6 +43,16 @@ cannot be reached or does not answer within ``forward_timeout_s`` is 503
 ``upstream_unavailable``. Answers are cached for ``forward_cache_ttl_s`` under a SHA-256 of the
 credentials (never the credentials), 5xx answers excepted, and concurrent lookups of the same
 credentials share one request.
+
+Failed authentications (bearer and forward) are limited per client address
+(:mod:`watchgw.web.clientaddr`): each attempt that is not answered from the identity cache takes
+one token of the address's bucket (``auth.failures_per_minute``, refilled over a minute) before
+anything is asked upstream, and gets it back when it succeeds (or the control plane cannot be
+reached, which is not the client's doing). So failures, and reviews still in flight, are bounded
+per address, also for many concurrent requests; an address without tokens left gets 429
+``rate_limited`` with ``Retry-After`` and nothing is asked. Every failure is logged as
+``auth.failed`` with its reason and the address, never the credential; an address running out is
+logged once a minute as ``auth.rate_limited``, not once per refused request.
 """
 
 from __future__ import annotations
@@ -65,6 +75,9 @@ from watchgw.hub.errors import Forbidden, HubError
 from watchgw.kube.errors import APIError, ForbiddenError, UnauthorizedError
 from watchgw.kube.reviews import UserInfo
 from watchgw.kube.types import WatchTarget
+from watchgw.web.body import RateLimited
+from watchgw.web.clientaddr import request_limit_key
+from watchgw.web.ratelimit import RateLimiter
 
 log = structlog.get_logger("watchgw.access")
 
@@ -237,9 +250,17 @@ class BearerAccess:
         *,
         max_entries: int = 10000,
         clock: Callable[[], float] = time.monotonic,
+        trusted_proxies: tuple[str, ...] = (),
     ) -> None:
         self._config = config
         self._reviews = reviews
+        self._trusted_proxies = trusted_proxies
+        per_minute = config.failures_per_minute
+        self._failures = RateLimiter(
+            rate_per_s=per_minute / 60.0, burst=per_minute, max_identities=max_entries, clock=clock
+        )
+        """Failed (or in-flight) authentications per client address."""
+        self._limited_logged: TTLCache[str, bool] = TTLCache(max_entries=max_entries, clock=clock)
         self._identities: TTLCache[str, UserInfo] = TTLCache(max_entries=max_entries, clock=clock)
         self._rejected: TTLCache[str, bool] = TTLCache(max_entries=max_entries, clock=clock)
         self._decisions: TTLCache[tuple[str, str], bool] = TTLCache(max_entries=max_entries * 4, clock=clock)
@@ -260,31 +281,75 @@ class BearerAccess:
             return token
         return request.cookies.get(self._config.cookie) or None
 
+    # ------------------------------------------------------------------ failures per address
+    def address_of(self, request: web.BaseRequest) -> str:
+        """The client address failures are counted by (an IPv6 address by its /64)."""
+        return request_limit_key(request, self._trusted_proxies)
+
+    def admit(self, address: str | None) -> None:
+        """Reserve one failure of ``address`` before asking anyone: :class:`RateLimited` when it
+        has none left. The caller gives it back (:meth:`succeeded`) unless the attempt failed."""
+        if address is None:
+            return
+        wait_s = self._failures.acquire(address)
+        if wait_s > 0:
+            if self._limited_logged.get(address) is None:
+                self._limited_logged.put(address, True, 60.0)
+                log.warning("auth.rate_limited", address=address, retry_after_s=round(wait_s, 1))
+            raise RateLimited(wait_s)
+
+    def succeeded(self, address: str | None) -> None:
+        if address is not None:
+            self._failures.refund(address)
+
+    @staticmethod
+    def failed(address: str | None, reason: str) -> None:
+        log.info("auth.failed", reason=reason, address=address)
+
+    def refuse(self, address: str | None, reason: str, message: str) -> Unauthenticated:
+        """A failure without a review: it costs the address one (429 once none are left)."""
+        self.admit(address)
+        self.failed(address, reason)
+        return Unauthenticated(message)
+
+    # ------------------------------------------------------------------ identity
     async def authenticate(self, request: web.Request) -> Caller:
-        token = self.token_of(request)
+        address = self.address_of(request)
+        try:
+            token = self.token_of(request)
+        except Unauthenticated as exc:
+            raise self.refuse(address, "bad_authorization_header", exc.message) from None
         if not token:
-            raise Unauthenticated(
-                f"send 'Authorization: Bearer <token>' or the '{self._config.cookie}' cookie"
+            raise self.refuse(
+                address,
+                "no_credentials",
+                f"send 'Authorization: Bearer <token>' or the '{self._config.cookie}' cookie",
             )
         if not well_formed_token(token):
-            raise Unauthenticated("the token is malformed")
-        return await self.identify(token)
+            raise self.refuse(address, "malformed_token", "the token is malformed")
+        return await self.identify(token, address=address)
 
-    async def identify(self, token: str) -> Caller:
-        """The caller ``token`` is (a well-formed token): SelfSubjectReview, cached by its hash."""
+    async def identify(self, token: str, *, address: str | None = None) -> Caller:
+        """The caller ``token`` is (a well-formed token): SelfSubjectReview, cached by its hash.
+        ``address``: the client's, whose failures are limited (None: not limited)."""
         key = token_hash(token)
         info = self._identities.get(key)
         if info is not None:
             return self._caller(info, token)
+        self.admit(address)
         if self._rejected.get(key):
+            self.failed(address, "token_rejected_cached")
             raise Unauthenticated("the control plane rejected this token")
         try:
             info = await self._who.run(key, lambda: self._review_identity(key, token))
         except UnauthorizedError:
+            self.failed(address, "token_rejected")
             raise Unauthenticated("the control plane rejected this token") from None
         except APIError as exc:
+            self.succeeded(address)  # not the client's failure
             log.warning("auth.review_failed", error=str(exc), status=exc.status)
             raise UpstreamUnavailable("the control plane could not be asked who this token is") from None
+        self.succeeded(address)
         return self._caller(info, token)
 
     def _caller(self, info: UserInfo, token: str) -> Caller:
@@ -411,24 +476,38 @@ class ForwardAccess:
         return self._bearer
 
     async def authenticate(self, request: web.Request) -> Caller:
+        bearer = self._bearer
+        address = bearer.address_of(request)
         cookie = "; ".join(request.headers.getall("Cookie", ()))
         authorization = request.headers.get("Authorization", "")
         if not cookie and not authorization:
-            raise Unauthenticated(
+            raise bearer.refuse(
+                address,
+                "no_credentials",
                 "send the session cookie of the sign-in (or an 'Authorization' header) that the "
-                "forward-auth service accepts"
+                "forward-auth service accepts",
             )
         if not (cookie.isprintable() and authorization.isprintable()):
-            raise Unauthenticated("the Cookie or Authorization header is malformed")
+            raise bearer.refuse(
+                address, "malformed_credentials", "the Cookie or Authorization header is malformed"
+            )
         key = credentials_hash(cookie, authorization)
         answer = self._answers.get(key)
-        if answer is None:
-            answer = await self._forward.run(key, lambda: self._ask(key, cookie, authorization))
-        if answer.token is None:
-            raise Unauthenticated("the forward-auth service did not accept these credentials")
+        if answer is None or answer.token is None:
+            bearer.admit(address)  # a question to forward_url, or a failure: one of the address's
+            if answer is None:
+                try:
+                    answer = await self._forward.run(key, lambda: self._ask(key, cookie, authorization))
+                except UpstreamUnavailable:
+                    bearer.succeeded(address)  # not the client's failure
+                    raise
+            if answer.token is None:
+                bearer.failed(address, "forward_rejected")
+                raise Unauthenticated("the forward-auth service did not accept these credentials")
+            bearer.succeeded(address)
         if answer.user_id:
             return Caller(answer.user_id, answer.token, user_id=answer.user_id)
-        return await self._bearer.identify(answer.token)
+        return await bearer.identify(answer.token, address=address)
 
     async def authorize(self, caller: Caller, target: WatchTarget, channel_key: str) -> None:
         await self._bearer.authorize(caller, target, channel_key)
@@ -497,10 +576,11 @@ class ForwardAccess:
         return _Forwarded(token, user_id)
 
 
-def access_for(config: AuthConfig, reviews: Reviews) -> Access:
-    """The access ``[auth] mode`` selects."""
+def access_for(config: AuthConfig, reviews: Reviews, *, trusted_proxies: tuple[str, ...] = ()) -> Access:
+    """The access ``[auth] mode`` selects; ``trusted_proxies``: ``server.trusted_proxies``, for
+    the client addresses failed authentications are counted by."""
     if config.mode == "bearer":
-        return BearerAccess(config, reviews)
+        return BearerAccess(config, reviews, trusted_proxies=trusted_proxies)
     if config.mode == "forward":
-        return ForwardAccess(config, BearerAccess(config, reviews))
+        return ForwardAccess(config, BearerAccess(config, reviews, trusted_proxies=trusted_proxies))
     return OpenAccess()

@@ -29,7 +29,7 @@ from watchgw.kube.types import WatchTarget
 from watchgw.kube.urls import upstream_target
 from watchgw.web import routes
 from watchgw.web.access import Access, ForwardAccess, access_for
-from watchgw.web.body import RateLimited, error_response
+from watchgw.web.body import RateLimited, RequestError, error_response
 from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
 from watchgw.web.metrics import install_metrics, metrics
 from watchgw.web.ratelimit import RateLimiter, retry_after_header
@@ -49,7 +49,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         headers = {"Retry-After": retry_after_header(exc.retry_after_s)}
         return error_response(exc.status, exc.code, exc.message, headers=headers)
     except HubError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, RequestError) and exc.close_connection:
+            response.force_close()  # and web/connections.py skips the lingering read
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -127,7 +130,9 @@ def _hub_ctx(
         kube = KubeClient(config.upstream)
         created: Access | None = None
         if ACCESS not in app:
-            app[ACCESS] = created = access_for(config.auth, KubeReviews(kube))
+            app[ACCESS] = created = access_for(
+                config.auth, KubeReviews(kube), trusted_proxies=config.server.trusted_proxies
+            )
         factory = upstream_factory or informer_factory(kube, config)
         hub = WatchHub(
             limits=config.limits,

@@ -3,11 +3,13 @@
 Every error is ``{"error": {"code": "<snake_case>", "message": "<sentence>"}}`` (PROTOCOL.md 3).
 Bodies are read up to ``max_body_bytes`` and no further, whatever ``Content-Length`` claims; JSON
 with duplicate keys or nested deeper than :data:`MAX_DEPTH` is refused (a client must not be able
-to make two readers of one body disagree, or make the parser recurse without bound).
+to make two readers of one body disagree, or make the parser recurse without bound). A body must
+be ``application/json`` (415 otherwise) and arrive within ``server.body_timeout_s`` (408).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, NoReturn
 
@@ -19,12 +21,14 @@ MAX_DEPTH = 8
 
 
 class RequestError(HubError):
-    """A request-level refusal with an explicit status and code."""
+    """A request-level refusal with an explicit status and code; ``close_connection``: the
+    answer ends the connection (``Connection: close``, no lingering read of the rest)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, close_connection: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.close_connection = close_connection
 
 
 class RateLimited(HubError):
@@ -64,20 +68,44 @@ def _depth(value: Any, level: int = 1) -> int:
     return level
 
 
-async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, or a :class:`RequestError` that says what is wrong."""
+def require_json(request: web.Request) -> None:
+    """``Content-Type: application/json`` (parameters such as ``charset=utf-8`` allowed), or 415.
+
+    What a cross-site HTML form cannot send: a form can POST ``text/plain`` with the victim's
+    cookies and no preflight, so a body that JSON-parses is not enough."""
+    if "Content-Type" not in request.headers or request.content_type != "application/json":
+        fail(
+            415,
+            "unsupported_media_type",
+            "the body must be sent with Content-Type: application/json",
+        )
+
+
+async def read_json_object(request: web.Request, max_bytes: int, *, timeout_s: float) -> dict[str, Any]:
+    """The body as a JSON object, or a :class:`RequestError` that says what is wrong. The whole
+    body must arrive within ``timeout_s`` (one deadline, so trickling a byte at a time does not
+    extend it); otherwise 408 and the connection is closed."""
     if request.content_length is not None and request.content_length > max_bytes:
         fail(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > max_bytes:
-            fail(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                chunk = await request.content.read(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    fail(413, "body_too_large", f"the body is over the limit of {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(
+            408,
+            "request_timeout",
+            f"the body was not received within {timeout_s:g} s",
+            close_connection=True,
+        ) from None
     raw = b"".join(chunks)
     if not raw.strip():
         fail(400, "invalid_json", "the body is empty: send a JSON object")

@@ -1,6 +1,7 @@
-"""Per-identity token buckets for subscribe/unsubscribe: a client cannot make the gateway (and,
-through it, the control plane's access reviews) do unbounded work. Buckets live in a bounded LRU,
-so many identities cannot grow memory without bound either."""
+"""Token buckets per key: subscribe/unsubscribe per identity (per client address without
+authentication), failed authentications per client address. A client cannot make the gateway
+(and, through it, the control plane's reviews) do unbounded work. Buckets live in a bounded LRU,
+so many keys cannot grow memory without bound either."""
 
 from __future__ import annotations
 
@@ -38,6 +39,13 @@ class RateLimiter:
             return 0.0
         self._buckets[identity] = (tokens, now)
         return (1.0 - tokens) / self._rate
+
+    def refund(self, identity: str) -> None:
+        """Give back a token taken by :meth:`acquire` (the work it reserved turned out fine)."""
+        item = self._buckets.get(identity)
+        if item is not None:
+            tokens, last = item
+            self._buckets[identity] = (min(self._burst, tokens + 1.0), last)
 
 
 def retry_after_header(wait_s: float) -> str:

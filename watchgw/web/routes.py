@@ -19,7 +19,9 @@ from watchgw.hub.keys import InvalidField, parse_channel_key, target_from_fields
 from watchgw.kube.types import MAX_RESOURCE_VERSION_CHARS, is_valid_resource_version
 from watchgw.kube.urls import upstream_target
 from watchgw.web.access import ANONYMOUS, Access, Caller
-from watchgw.web.body import RateLimited, fail, read_json_object
+from watchgw.web.body import RateLimited, RequestError, fail, read_json_object, require_json
+from watchgw.web.clientaddr import request_limit_key
+from watchgw.web.connections import mark_stream
 from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
 
 log = structlog.get_logger("watchgw.web")
@@ -77,7 +79,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
     client_id = _client_id(request.query.get("cid"))
     caller = await access.authenticate(request)
     last_event_id = _last_event_id(request)
-    grant = hub.open_stream(client_id=client_id, identity=caller.identity, last_event_id=last_event_id)
+    grant = hub.open_stream(
+        client_id=client_id,
+        identity=caller.identity,
+        last_event_id=last_event_id,
+        quota=_quota(request, caller),
+    )
     session = grant.session
     session.token = caller.token
     limits = config.limits
@@ -85,6 +92,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     generation: int | None = None
     try:
         writer = await response.prepare(request)
+        mark_stream(request, response)  # long-lived by design: out of the pending-connection count
         transport = request.transport
         if writer is None or transport is None or transport.is_closing():
             return response
@@ -121,11 +129,24 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _quota(request: web.Request, caller: Caller) -> str:
+    """What per-identity limits and the subscribe rate limit count by: the identity; without
+    authentication every caller is "anonymous", so its client address (a fresh ``cid`` is free,
+    an address is not; see ``server.trusted_proxies``)."""
+    if caller.identity != ANONYMOUS:
+        return caller.identity
+    return "addr:" + request_limit_key(request, request.app[CONFIG].server.trusted_proxies)
+
+
 async def _client_request(request: web.Request, fields: frozenset[str]) -> tuple[Caller, dict[str, Any], str]:
     """What subscribe and unsubscribe share: who calls, the body, the client id, the rate limit."""
     app = request.app
+    config: Config = app[CONFIG]
+    require_json(request)  # first: a cross-site form POST is refused before any work
     caller = await app[ACCESS].authenticate(request)
-    body = await read_json_object(request, app[CONFIG].limits.max_body_bytes)
+    body = await read_json_object(
+        request, config.limits.max_body_bytes, timeout_s=config.server.body_timeout_s
+    )
     unknown = sorted(set(body) - fields)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}")
@@ -133,9 +154,7 @@ async def _client_request(request: web.Request, fields: frozenset[str]) -> tuple
     query_cid = request.query.get("cid")
     if query_cid is not None and query_cid != client_id:
         raise InvalidRequest("clientId: the body and ?cid= name different clients")
-    # Per identity; without authentication every caller is "anonymous", so per client instead.
-    bucket = caller.identity if caller.identity != ANONYMOUS else f"cid:{client_id}"
-    wait_s = app[RATE_LIMITER].acquire(bucket)
+    wait_s = app[RATE_LIMITER].acquire(_quota(request, caller))
     if wait_s > 0:
         raise RateLimited(wait_s)
     return caller, body, client_id
@@ -197,6 +216,10 @@ async def unsubscribe(request: web.Request) -> web.Response:
     except InvalidField as exc:
         raise InvalidRequest(str(exc)) from None
     session = hub.session_for(client_id, caller.identity)
+    # A channel held before the session started over (parked, ``released``) still counts: the
+    # portal's client unsubscribes the keys it had after reconnecting.
+    if key not in session.channels and key not in session.released:
+        raise RequestError(404, "unknown_channel", "this client holds no subscription to that channel")
     hub.unsubscribe(session, key)
     return web.json_response({"ok": True})
 
