@@ -59,6 +59,22 @@ def headline(label: str, f: Figures) -> tuple[str, str, bool | None]:
             "stalled client does not delay others",
             ok and f["complete_with_stalled"] >= 0.999,
         )
+    if name == "abuse":
+        ok = (
+            f["growth_mb"] < 100
+            and f["after_vs_baseline"] <= 1.2
+            and f["stalled_closed"] == f["stalled"]
+            and f["healthz_p99_ms"] < 50
+            and f["synced_s_during"] <= max(2 * f["synced_s_alone"], f["synced_s_alone"] + 0.1)
+        )
+        return (
+            f"{f['sessions']} dropped sessions: +{f['growth_mb']} MB, after x{f['after_vs_baseline']}; "
+            f"{f['stalled']} stalled requests closed in {f['stalled_all_closed_s']} s, healthz p99 "
+            f"{f['healthz_p99_ms']} ms; synced {f['synced_s_alone']} s alone, {f['synced_s_during']} s "
+            f"beside an identity at its limits",
+            "< 100 MB, <= 1.2x after; closed by header timeout; p99 < 50 ms; normal",
+            ok,
+        )
     if name == "informer":
         return (
             f"{_num(f.get('events_per_s', 'n/a'))} events/s, {f.get('cpu_us_per_event', 'n/a')} us/event",

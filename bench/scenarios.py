@@ -283,6 +283,17 @@ async def informer(bench: Bench, sizes: Sizes) -> Figures:
 
 Scenario = Callable[[Bench, Sizes], Awaitable[Figures]]
 
+
+async def abuse(bench: Bench, sizes: Sizes) -> Figures:
+    """``bench/abuse.py``: attacks on a gateway of its own (see there)."""
+    del bench
+    from bench import abuse as attacks
+
+    return await attacks.run(
+        sessions=sizes.pick(200, 50), objects=sizes.pick(2000, 300), stalled=sizes.pick(1000, 200)
+    )
+
+
 SCENARIOS: dict[str, Scenario] = {
     "idle-rss": idle_rss,
     "fanout-1000": lambda b, s: fanout(b, s, s.pick(1000, 200)),
@@ -292,6 +303,7 @@ SCENARIOS: dict[str, Scenario] = {
     "channels-1000x10": many_channels,
     "slow-client": slow_client,
     "informer": informer,
+    "abuse": abuse,
 }
 
 __all__ = ["SCENARIOS", "Figures", "Sizes"]
