@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True, help="TOML configuration file")
+    serve.add_argument(
+        "--port",
+        type=int,
+        help="listen on this port instead of server.port (one instance per core: watchgw@<port>.service)",
+    )
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit 0 or 1")
     check.add_argument("--config", required=True, help="TOML configuration file")
@@ -61,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         try:
             config = load_config(args.config)
+            if args.port is not None:
+                if not 0 <= args.port <= 65535:
+                    raise ConfigError(f"--port must be from 0 to 65535, not {args.port}")
+                config = dataclasses.replace(
+                    config, server=dataclasses.replace(config.server, port=args.port)
+                )
         except ConfigError as exc:
             print(f"watchgw: {exc}", file=sys.stderr)
             return 1

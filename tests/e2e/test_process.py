@@ -36,7 +36,9 @@ async def next_log_event(
 
 
 @contextlib.asynccontextmanager
-async def serving(config_text: str, tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def serving(
+    config_text: str, tmp_path: Path, *args: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     path = tmp_path / "watchgw.toml"
     path.write_text(config_text)
     proc = await asyncio.create_subprocess_exec(
@@ -46,6 +48,7 @@ async def serving(config_text: str, tmp_path: Path) -> AsyncIterator[tuple[async
         "serve",
         "--config",
         str(path),
+        *args,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "WATCHGW_UPSTREAM_TOKEN": "tok-never-logged-123"},
@@ -141,3 +144,18 @@ async def test_sim_command_serves_the_watch_protocol_and_stops_on_sigterm() -> N
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_port_option_overrides_the_config_for_one_instance_per_core(tmp_path: Path) -> None:
+    """``watchgw@<port>.service`` runs ``serve --port <port>`` with the shared config file."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with serving(config_for("http://127.0.0.1:1"), tmp_path, "--port", str(port)) as (proc, url):
+        assert url.endswith(f":{port}")
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:
+            assert response.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0

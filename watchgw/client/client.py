@@ -266,7 +266,11 @@ class WatchClient:
                 # Older events may be replayed onto what we hold: until ``synced``, our state is
                 # only as good as the version we asked from.
                 self.resource_versions[key] = str(fields["resourceVersion"])
-        async with self.session.post(self._url("subscribe"), json=body, headers=self.headers) as response:
+        # ?cid= on every request: a load balancer in front of replicas routes on it (a body it
+        # cannot see), so subscribe reaches the replica that holds this client's stream.
+        async with self.session.post(
+            self._url("subscribe"), params={"cid": self.client_id}, json=body, headers=self.headers
+        ) as response:
             if response.status != 200:
                 raise await _error_of(response)
             data = await response.json()
@@ -280,7 +284,9 @@ class WatchClient:
         self.subscriptions.pop(channel, None)
         self._held_by_server.discard(channel)
         body = {"clientId": self.client_id, "channel": channel}
-        async with self.session.post(self._url("unsubscribe"), json=body, headers=self.headers) as response:
+        async with self.session.post(
+            self._url("unsubscribe"), params={"cid": self.client_id}, json=body, headers=self.headers
+        ) as response:
             if response.status != 200:
                 error = await _error_of(response)
                 if error.code != "unknown_channel":  # 404: not held (any more): already gone

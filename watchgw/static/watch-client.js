@@ -48,12 +48,14 @@
       this._open();
     }
 
+    // Every request carries ?cid=: a load balancer in front of replicas hashes on it, so
+    // subscribe and unsubscribe reach the replica that holds this client's stream.
     _url(path) {
-      return this.baseUrl + this.basePath + "/" + path;
+      return this.baseUrl + this.basePath + "/" + path + "?cid=" + encodeURIComponent(this.clientId);
     }
 
     _open() {
-      const source = new EventSource(this._url("stream") + "?cid=" + encodeURIComponent(this.clientId),
+      const source = new EventSource(this._url("stream"),
         { withCredentials: true });
       this.source = source;
       const on = (name, fn) => source.addEventListener(name, (e) => fn(JSON.parse(e.data)));
