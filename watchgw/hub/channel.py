@@ -48,7 +48,7 @@ import asyncio
 import dataclasses
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 
@@ -140,9 +140,8 @@ class Channel:
         self.history_size = 0
         """Bytes of the frames in :attr:`history`."""
         self._keys: tuple[ObjectKey, ...] | None = None
-        """The object keys, shared by the snapshots that start while the set of keys is unchanged."""
-        self._keys_of: object = None
-        """The objects map :attr:`_keys` was taken of (a relist replaces it)."""
+        """The object keys, shared by the snapshots that start while the set of keys is unchanged
+        (forgotten at every ADDED, DELETED, LIST and new upstream)."""
         self.complete_from: int | None = None
         """``history`` holds every frame whose group ends at or after this (None: nothing yet)."""
         self.relists: deque[tuple[int, int]] = deque()
@@ -176,6 +175,7 @@ class Channel:
         self.synced = False
         self._clear_history()
         self.complete_from = None
+        self._keys = None
         self.upstream = self._upstream_factory(self.target, self)
         self.start()
 
@@ -383,27 +383,16 @@ class Channel:
         """The keys of the current objects (shared while the set of keys does not change)."""
         objects = self.upstream.objects
         keys = self._keys
-        if keys is None or self._keys_of is not objects or len(keys) != len(objects):
+        if keys is None or len(keys) != len(objects):
             keys = self._keys = tuple(objects)
-            self._keys_of = objects
         return keys
 
-    def snapshot_frame(self, key: ObjectKey, event: WatchEvent) -> Frame:
+    def snapshot_frame(self, type: Literal["ADDED", "DELETED"], key: ObjectKey, object_json: bytes) -> Frame:
+        """An object of a snapshot (or a deletion after it) for one session: no position."""
         return self._frames.watch(
             channel_json=self.key_json,
             channel=self.key,
-            type="ADDED",
-            key=key,
-            object_json=event.object_json,
-            resource_version="",
-            snapshot=True,
-        )
-
-    def deletion_frame(self, key: ObjectKey, object_json: bytes) -> Frame:
-        return self._frames.watch(
-            channel_json=self.key_json,
-            channel=self.key,
-            type="DELETED",
+            type=type,
             key=key,
             object_json=object_json,
             resource_version="",
@@ -543,7 +532,7 @@ class SnapshotWriter:
             pos += 1
             event = objects.get(key)
             if event is not None:  # gone since the start: its DELETED was sent live
-                frame = channel.snapshot_frame(key, event)
+                frame = channel.snapshot_frame("ADDED", key, event.object_json)
                 out.append(frame)
                 size += len(frame.wire)
         self._pos = pos
@@ -557,7 +546,7 @@ class SnapshotWriter:
             while deletions and size < room:
                 key, object_json = deletions.pop()
                 if key not in objects:
-                    frame = channel.deletion_frame(key, object_json)
+                    frame = channel.snapshot_frame("DELETED", key, object_json)
                     out.append(frame)
                     size += len(frame.wire)
             if deletions:

@@ -41,10 +41,16 @@ class Frame:
     an object wins) and for per-channel resync; both are empty for session-level frames.
     """
 
-    __slots__ = ("channel", "id", "key", "snapshot", "wire")
+    __slots__ = ("channel", "id", "key", "snapshot", "watch", "wire")
 
     def __init__(
-        self, id: int, wire: bytes, channel: str = "", key: ObjectKey | None = None, snapshot: bool = False
+        self,
+        id: int,
+        wire: bytes,
+        channel: str = "",
+        key: ObjectKey | None = None,
+        snapshot: bool = False,
+        watch: bool = False,
     ) -> None:
         self.id = id
         self.wire = wire
@@ -52,6 +58,8 @@ class Frame:
         self.key = key
         self.snapshot = snapshot
         """Made for one session (snapshot, catch-up): not kept for replay, a resync rebuilds it."""
+        self.watch = watch
+        """A ``watch`` event (objects, bookmarks): what a pending snapshot of its channel supersedes."""
 
     @property
     def payload(self) -> bytes:
@@ -80,7 +88,7 @@ class FrameFactory:
         self._last_id += 1
         fid = self._last_id
         body = b"id: %d\nevent: %s\ndata: %s\n\n" % (fid, event, data)
-        return Frame(fid, b"%x\r\n%s\r\n" % (len(body), body), channel, key, snapshot)
+        return Frame(fid, b"%x\r\n%s\r\n" % (len(body), body), channel, key, snapshot, event == b"watch")
 
     def event(self, event: str, data: dict[str, Any], *, channel: str = "", snapshot: bool = False) -> Frame:
         """A control event (``subscribed``, ``synced``, ``resync`` ...): not on the hot path.
@@ -114,7 +122,7 @@ class FrameFactory:
         rest = payload[payload.index(b"\n") + 1 :]
         self._last_id += 1
         body = b"id: %d\n%s" % (self._last_id, rest)
-        return Frame(self._last_id, chunk(body), frame.channel, frame.key, snapshot)
+        return Frame(self._last_id, chunk(body), frame.channel, frame.key, snapshot, frame.watch)
 
     def connected(self, *, client_id: str, resumed: bool, retry_ms: int, frame_id: int | None) -> bytes:
         """The first frame of a stream, as raw SSE bytes (written through the response).

@@ -49,8 +49,6 @@ log = structlog.get_logger("watchgw.session")
 
 _PING_CHUNK = chunk(PING)
 
-_WATCH = b"\nevent: watch\n"
-
 #: Above this many bytes in the transport's buffer, frames queue in the session instead.
 WRITE_HIGH_WATER = 256 * 1024
 
@@ -181,7 +179,7 @@ class Session:
 
     def push(self, frame: Frame) -> None:
         """Deliver one frame (shared with other sessions; never modified)."""
-        if self._resync and frame.channel in self._resync and _WATCH in frame.wire[:48]:
+        if self._resync and frame.watch and frame.channel in self._resync:
             return  # superseded by the snapshot this channel is waiting for (not watch-error)
         t = self._writable()
         if t is not None:
