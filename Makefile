@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench soak clean
+.PHONY: install run test lint bench soak clean install-service cluster
 
 install: $(STAMP)
 
@@ -14,8 +14,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make run PORT=9090: the demo on another port.
+PORT ?= 8080
 run: install
-	$(BIN)/watchgw demo
+	$(BIN)/watchgw demo --port $(PORT)
+
+# As root on the target host: the venv PREFIX, the config in SYSCONFDIR (kept if present) and the
+# units in UNITDIR (deploy/install-service.sh says what and why; README: "Running under systemd").
+PREFIX ?= /opt/watchgw
+SYSCONFDIR ?= /etc/watchgw
+UNITDIR ?= /etc/systemd/system
+install-service:
+	PY=$(PY) PREFIX=$(PREFIX) SYSCONFDIR=$(SYSCONFDIR) UNITDIR=$(UNITDIR) deploy/install-service.sh
+
+# The simulator (demo), 3 replicas and nginx with deploy/nginx/watchgw.conf on loopback: prints the
+# live page's address (README: "Replicas behind a load balancer"); Ctrl-C stops it all.
+cluster: install
+	$(BIN)/python -m tests.cluster
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,7 +1,8 @@
 """``python -m bench [scenario ...] [--quick]``: the gateway's figures, end to end, on this machine.
 
 Three kinds of processes: the upstream simulator (``bench/upstream.py``), the gateway
-(``watchgw serve``) and the load generator(s) (``bench/loadgen.py``). CPU and RSS are read from
+(``watchgw serve``) and the load generator(s) (``bench/loadgen.py``); ``cluster-fanout`` and
+``storm`` add gateways behind nginx (``bench.harness.behind_nginx``). CPU and RSS are read from
 ``/proc``. Results: one line per scenario, a table, and ``bench/results/latest.json``.
 """
 
@@ -43,6 +44,22 @@ def headline(label: str, f: Figures) -> tuple[str, str, bool | None]:
         if name == "steady-10":
             return text, "p99 < 30 ms", f["p99_ms"] < 30
         return text, "", None
+    if name == "cluster-fanout":
+        return (
+            f"{_num(f['direct_deliveries_per_s'])}/s 1 direct, {_num(f['nginx1_deliveries_per_s'])}/s 1 "
+            f"behind nginx, {_num(f['nginx2_deliveries_per_s'])}/s 2 behind nginx "
+            f"(x{f['ratio_nginx2_vs_direct']} of direct)",
+            "2 behind nginx vs 1 direct, same run",
+            None,
+        )
+    if name == "storm":
+        return (
+            f"{f['reconnected']} of {f['clients']} clients back, all {f['channels']} channels synced "
+            f"{f['converged_s']} s after the kill; survivors' p99 {f['survivors_p99_ms_storm']} ms "
+            f"(before: {f['survivors_p99_ms_before']} ms)",
+            "full snapshots (no resourceVersion), reconnects at once",
+            None,
+        )
     if name.startswith("channels"):
         return f"{_num(f['deliveries_per_s'])} deliveries/s, {f['gw_us_per_delivery']} us/delivery", "", None
     if name == "idle-rss":
@@ -110,7 +127,12 @@ async def _scenario(bench: Bench, name: str, sizes: Sizes) -> Figures:
         figures = await SCENARIOS[name](bench, sizes)
     except Exception as exc:  # one broken scenario must not hide the others' figures
         figures = {"error": f"{type(exc).__name__}: {exc}"}
-        log = (bench.workdir / "gateway.log").read_text(errors="replace").splitlines()
+        # The run's gateway and those a scenario started behind nginx (bench.harness.behind_nginx).
+        log = [
+            x
+            for path in sorted(bench.workdir.rglob("gateway*.log"))
+            for x in path.read_text(errors="replace").splitlines()
+        ]
         errors = [x for x in log if '"error"' in x or "Traceback" in x][-3:]
         if errors:
             figures["gateway_log"] = errors

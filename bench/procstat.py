@@ -24,6 +24,26 @@ def cpu_seconds(pid: int) -> float:
     return user + system
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (e.g. nginx's workers, whose CPU is not their master's)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: look at every process
+        pass
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    raw = f.read()
+            except OSError:  # gone meanwhile
+                continue
+            if int(raw[raw.rindex(b")") + 2 :].split()[1]) == pid:  # field 4 of proc(5): ppid
+                found.append(int(entry))
+    return found
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of ``pid`` in KiB (``VmRSS``)."""
     with open(f"/proc/{pid}/status", "rb") as f:

@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.harness import PYTHON, RESOURCE_TYPE, ROOT, Bench, Phase, percentile_ms, stop
+from bench.harness import (
+    PYTHON,
+    RESOURCE_TYPE,
+    ROOT,
+    Bench,
+    Phase,
+    behind_nginx,
+    hist_percentile_ms,
+    percentile_ms,
+    stop,
+    with_roles,
+)
 
 Figures = dict[str, Any]
 
@@ -49,6 +61,7 @@ def _phase_figures(phase: Phase) -> Figures:
             sum(v for k, v in phase.cpu.items() if k.startswith("loadgen")) / phase.span, 2
         ),
         "upstream_cpu_share": round(phase.cpu["upstream"] / phase.span, 2),
+        **({"nginx_cpu_share": round(phase.cpu["nginx"] / phase.span, 2)} if "nginx" in phase.cpu else {}),
         "frames_per_read": round(phase.deliveries / max(phase.chunks, 1), 2),
         "p50_ms": round(phase.percentile_ms(0.50), 2),
         "p99_ms": round(phase.percentile_ms(0.99), 2),
@@ -283,6 +296,189 @@ async def informer(bench: Bench, sizes: Sizes) -> Figures:
 
 Scenario = Callable[[Bench, Sizes], Awaitable[Figures]]
 
+#: The figures of each way of running ``cluster-fanout``, under this prefix.
+CLUSTER_FANOUT_KEYS = (
+    "deliveries_per_s",
+    "gw_us_per_delivery",
+    "gw_cpu_share",
+    "nginx_cpu_share",
+    "loadgen_cpu_share",
+    "upstream_cpu_share",
+    "complete",
+    "p50_ms",
+    "p99_ms",
+    "span_s",
+    "connect_s",
+)
+
+
+async def cluster_fanout(bench: Bench, sizes: Sizes) -> Figures:
+    """The ``fanout`` burst (one channel, as fast as the upstream makes it) three ways in one
+    run: 1 gateway reached directly, 1 gateway behind nginx, 2 gateways behind nginx (hashed on
+    the cid: each holds about half of the clients). Fresh gateways and load generators for each
+    way behind nginx; the direct one is the run's own gateway."""
+    clients = sizes.pick(5000, 500)
+    ways: dict[str, Figures] = {"direct": await fanout(bench, sizes, clients)}
+    for name, replicas in (("nginx1", 1), ("nginx2", 2)):
+        async with behind_nginx(bench, replicas=replicas, name=f"cluster-fanout-{name}") as cluster:
+            ways[name] = await fanout(cluster, sizes, clients)
+    out: Figures = {"clients": clients}
+    for name, f in ways.items():
+        out.update({f"{name}_{key}": f[key] for key in CLUSTER_FANOUT_KEYS if key in f})
+    direct, nginx1, nginx2 = (ways[n]["deliveries_per_s"] for n in ("direct", "nginx1", "nginx2"))
+    out["ratio_nginx2_vs_direct"] = round(nginx2 / max(direct, 1), 2)
+    out["ratio_nginx2_vs_nginx1"] = round(nginx2 / max(nginx1, 1), 2)
+    out["ratio_nginx1_vs_direct"] = round(nginx1 / max(direct, 1), 2)
+    return out
+
+
+#: The storm: each client holds these channels, of this many objects of about this size (bytes
+#: of the object's JSON), while one of them changes at this rate.
+STORM_CHANNELS = 5
+STORM_OBJECTS = 200
+STORM_OBJECT_BYTES = 512
+STORM_LIVE_RATE = 20
+#: From the kill until every client that lost its stream has all its channels synced again.
+STORM_WITHIN_S = 120.0
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def _converge(cluster: Bench, group: str, expect: int, within_s: float) -> dict[str, Any]:
+    """Until ``expect`` reconnecting clients are synced again (polling the load generators)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        status = await cluster.reconnects(group)
+        done = status["ready"] + status["failed"]
+        if status["lost"] >= expect and done >= status["lost"]:
+            if status["failed"]:
+                raise RuntimeError(
+                    f"storm: {status['failed']} of {status['lost']} clients gave up reconnecting; "
+                    f"first error: {status['firstError']}"
+                )
+            return status
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"storm did not converge within {within_s:.0f} s of the kill: {status['lost']} streams "
+                f"ended (replica 0 held {expect}), {status['ready']} synced again, {status['failed']} "
+                f"gave up, {status['attempts']} attempts; first error: {status['firstError']}"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def storm(bench: Bench, sizes: Sizes) -> Figures:
+    """A reconnect storm: 2 gateways behind nginx, every client subscribed to the same
+    ``STORM_CHANNELS`` channels of ``STORM_OBJECTS`` objects, one channel changing at
+    ``STORM_LIVE_RATE`` events/s; then replica 0 is SIGKILLed. Its clients (about half) reconnect
+    through nginx with the same cid (landing on the survivor), subscribe again WITHOUT a
+    resourceVersion (a full snapshot of each channel: the worst case) and wait for every
+    ``synced``. Figures: seconds from the kill until the last of them is synced again, and the
+    live-event latency of the clients that stayed on the survivor, during the storm and before.
+
+    The clients reconnect as soon as their stream ends (no ``retry_ms`` wait, which EventSource
+    would add): the figure is the servers' time to take the storm, not the clients' patience."""
+    clients = sizes.pick(2000, 200)
+    before_s = sizes.pick(5, 2)
+    projects = [f"storm{i}" for i in range(STORM_CHANNELS)]
+    channels = [_channel(p) for p in projects]
+    subs = [_sub(p) for p in projects]
+    async with behind_nginx(bench, replicas=2, name="storm") as cluster:
+        await cluster.setup_objects(channels, STORM_OBJECTS, size=STORM_OBJECT_BYTES)
+        conn = await cluster.connect(
+            group="storm",
+            prefix="storm",
+            clients=clients,
+            subs=subs,
+            all_subs=True,
+            by_replica=True,
+            reconnect_into="reconnected",
+            within_s=300,
+        )
+        await cluster.wait_subscriptions(clients * STORM_CHANNELS)
+        names = {i: s["replica"] for i, s in (await cluster.stats_all()).items()}
+        survivors = f"storm@{names[1]}"
+        live_until = time.monotonic() + 1 + before_s + STORM_WITHIN_S + 10
+        live = asyncio.create_task(
+            cluster.live_events(
+                channels[:1],
+                objects=STORM_OBJECTS,
+                rate=STORM_LIVE_RATE,
+                size=STORM_OBJECT_BYTES,
+                until=live_until,
+            )
+        )
+        try:
+            await asyncio.sleep(1)  # the live events flow before anything is measured
+            await cluster.arm()
+            await asyncio.sleep(before_s)
+            before = await cluster.read_group(survivors)
+            held = (await cluster.stats_all())[0]["streams"]
+            await cluster.arm()
+            cpu_before = cluster.sample()
+            parts_before = await cluster.gateway_metrics(1)
+            t_kill = time.time()
+            await cluster.kill_gateway(0)
+            await _converge(cluster, "reconnected", held, STORM_WITHIN_S)
+            if live.done():  # the survivors' latency would be that of no events
+                raise RuntimeError(f"storm: the live events stopped early: {live.exception()!r}")
+            during = await cluster.read_group(survivors)
+            cpu_after = cluster.sample()
+            status = await cluster.reconnects("reconnected", times=True)
+            renewed = await cluster.read_group("reconnected")
+            subscriptions = sum((await cluster.stats(1))["subscriptions"].values())
+            parts_after = await cluster.gateway_metrics(1)
+        finally:
+            live.cancel()
+            await asyncio.gather(live, return_exceptions=True)
+    converged_s = max(status["tReady"]) - t_kill
+    wall = cpu_after.wall - cpu_before.wall
+    cpu = with_roles(cpu_after.cpu_since(cpu_before))
+    ready_s = [t - t_kill for t in status["tReady"]]
+    return {
+        "clients": clients,
+        "channels": STORM_CHANNELS,
+        "objects": STORM_OBJECTS,
+        "object_bytes": STORM_OBJECT_BYTES,
+        "live_rate": STORM_LIVE_RATE,
+        "resubscribe": "no resourceVersion (full snapshots), at once (no retry_ms wait)",
+        "connect_s": conn["seconds"],
+        "on_killed_replica": held,
+        "reconnected": status["ready"],
+        "reconnect_attempts": status["attempts"],
+        "converged_s": round(converged_s, 2),
+        "ready_p50_s": round(_quantile(ready_s, 0.5), 2),
+        "ready_p99_s": round(_quantile(ready_s, 0.99), 2),
+        "streams_ended_within_s": round(max(status["tLost"]) - t_kill, 3),
+        "connected_again_p50_s": round(_quantile([t - t_kill for t in status["tConnected"]], 0.5), 2),
+        "connected_again_max_s": round(max(status["tConnected"]) - t_kill, 2),
+        "subscribes": len(status["subscribeS"]),
+        "subscribe_p50_ms": round(1000 * _quantile(status["subscribeS"], 0.5), 1),
+        "subscribe_p99_ms": round(1000 * _quantile(status["subscribeS"], 0.99), 1),
+        "reconnected_mb_received": round(renewed["bytes"] / 1e6, 1),  # mostly the snapshots
+        # The surviving replica's snapshot parts: encoded once per channel version, written to
+        # every client that needed that version (hub/snapshot.py).
+        **{
+            name: int(parts_after[f"watchgw_{name}_total"] - parts_before[f"watchgw_{name}_total"])
+            for name in ("snapshot_parts_built", "snapshot_parts_written")
+        },
+        "survivors": during["open"],
+        "survivor_subscriptions_after": subscriptions,
+        "survivors_p50_ms_before": hist_percentile_ms(before["hist"], 0.5),
+        "survivors_p99_ms_before": hist_percentile_ms(before["hist"], 0.99),
+        "survivors_p50_ms_storm": hist_percentile_ms(during["hist"], 0.5),
+        "survivors_p99_ms_storm": hist_percentile_ms(during["hist"], 0.99),
+        "survivors_max_ms_storm": hist_percentile_ms(during["hist"], 1.0),
+        "survivor_deliveries_storm": during["deliveries"],
+        "storm_wall_s": round(wall, 2),
+        "gw_cpu_share": round(cpu.get("gateway-1", 0.0) / wall, 2),
+        "nginx_cpu_share": round(cpu.get("nginx", 0.0) / wall, 2),
+        "loadgen_cpu_share": round(sum(v for k, v in cpu.items() if k.startswith("loadgen")) / wall, 2),
+        "upstream_cpu_share": round(cpu["upstream"] / wall, 2),
+    }
+
 
 async def abuse(bench: Bench, sizes: Sizes) -> Figures:
     """``bench/abuse.py``: attacks on a gateway of its own (see there)."""
@@ -302,6 +498,8 @@ SCENARIOS: dict[str, Scenario] = {
     "steady-100": lambda b, s: steady(b, s, s.pick(1000, 200), 100),
     "channels-1000x10": many_channels,
     "slow-client": slow_client,
+    "cluster-fanout": cluster_fanout,
+    "storm": storm,
     "informer": informer,
     "abuse": abuse,
 }

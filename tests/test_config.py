@@ -15,22 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 EXAMPLE = ROOT / "config" / "watchgw.toml"
-EXAMPLE_TOKEN_FILE = "/run/credentials/watchgw.service/token"
 
 
-def example_with_token_file(tmp_path: Path) -> Path:
-    """The example file, with its token file (a systemd credential) pointing at one that exists."""
-    token = tmp_path / "token"
-    token.write_text("t0ken\n")
-    copy = tmp_path / "watchgw.toml"
-    text = EXAMPLE.read_text()
-    assert EXAMPLE_TOKEN_FILE in text
-    copy.write_text(text.replace(EXAMPLE_TOKEN_FILE, str(token)))
-    return copy
+def example_as_systemd_runs_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The example file with its token file a systemd credential: ``${CREDENTIALS_DIRECTORY}``
+    names a directory that holds one (what ``LoadCredential=`` sets up for the unit)."""
+    (tmp_path / "token").write_text("t0ken\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    return EXAMPLE
 
 
-def test_example_config_loads_with_documented_values(tmp_path: Path) -> None:
-    config = load_config(example_with_token_file(tmp_path))
+def test_example_config_loads_with_documented_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(example_as_systemd_runs_it(tmp_path, monkeypatch))
+    assert config.upstream.token_file == str(tmp_path / "token")
     assert config.server.port == 8080
     assert config.server.stats is False
     assert config.limits.grace_period_s == 10
@@ -160,8 +157,16 @@ def check_config(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_check_config_command(tmp_path: Path) -> None:
-    good = check_config(example_with_token_file(tmp_path))
+def test_example_config_outside_systemd_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError) as refused:
+        load_config(EXAMPLE)
+    assert "upstream.token_file ${CREDENTIALS_DIRECTORY}/token" in str(refused.value)
+    assert "LoadCredential=" in str(refused.value)
+
+
+def test_check_config_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = check_config(example_as_systemd_runs_it(tmp_path, monkeypatch))
     assert good.returncode == 0, good.stderr
     bad_file = tmp_path / "bad.toml"
     bad_file.write_text('[upstream]\nurl = "http://x"\n[server]\nprot = 1\n')

@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -20,20 +23,45 @@ from watchgw.logs import configure_logging
 log = structlog.get_logger("watchgw")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one: argparse's own
+    ``ArgumentDefaultsHelpFormatter`` also prints ``(default: None)`` for required options and
+    ``(default: False)`` for flags, which says nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and "%(default)" not in text
+            and action.default not in (None, False, argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser with :class:`_HelpFormatter`, also for every subcommand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="watchgw",
         description="One Server-Sent Events stream per client, one shared Kubernetes watch per channel.",
     )
     parser.add_argument("--version", action="version", version=f"watchgw {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True, help="TOML configuration file")
     serve.add_argument(
         "--port",
         type=int,
-        help="listen on this port instead of server.port (one instance per core: watchgw@<port>.service)",
+        help="port to listen on (default: server.port of the config); one instance per core:"
+        " watchgw@<port>.service. A socket passed by systemd (watchgw.socket) takes precedence",
     )
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit 0 or 1")
@@ -42,14 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the gateway on a built-in simulated control plane, with a live page"
     )
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--host", default="127.0.0.1", help="address the gateway listens on")
+    demo.add_argument("--port", type=int, default=8080, help="port of the gateway and its live page")
     demo.add_argument("--period", type=float, default=1.0, help="seconds between simulated changes")
 
     sim = commands.add_parser("sim", help="run the Kubernetes list/watch simulator alone")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8081)
+    sim.add_argument("--host", default="127.0.0.1", help="address the simulator listens on")
+    sim.add_argument("--port", type=int, default=8081, help="port of the simulator (0: a free one)")
     sim.add_argument("--demo", action="store_true", help="populate and change sample resources")
+    sim.add_argument(
+        "--rbac",
+        metavar="FILE",
+        help="require bearer tokens: users, tokens and grants from this TOML file (example:"
+        " config/sim-rbac.toml)",
+    )
     return parser
 
 
@@ -75,20 +109,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"watchgw: {exc}", file=sys.stderr)
             return 1
+        from watchgw.web.activation import ActivationError, inherited_listener
+
+        try:
+            sock = inherited_listener(os.environ, os.getpid())
+        except ActivationError as exc:
+            print(f"watchgw: {exc}", file=sys.stderr)
+            return 1
         configure_logging(config.log)
-        asyncio.run(_serve(config, args.config))
-        return 0
+        return _run_listening(
+            _serve(config, args.config, sock),
+            host=config.server.host,
+            port=config.server.port,
+            instead=f"--port (or server.port in {args.config})",
+        )
     if args.command == "demo":
         configure_logging(LogConfig())
-        asyncio.run(_demo(host=args.host, port=args.port, period_s=args.period))
-        return 0
+        demo_main = _demo(host=args.host, port=args.port, period_s=args.period)
+        return _run_listening(demo_main, host=args.host, port=args.port, instead="--port")
     if args.command == "sim":
         configure_logging(LogConfig())
+        from watchgw.sim.rbac import RbacFileError, load_rbac
         from watchgw.sim.server import serve_sim
 
-        asyncio.run(_until_signalled(serve_sim(host=args.host, port=args.port, demo_churn=args.demo)))
-        return 0
+        try:
+            rbac = load_rbac(args.rbac) if args.rbac else None
+        except RbacFileError as exc:
+            print(f"watchgw: {exc}", file=sys.stderr)
+            return 1
+        sim_main = serve_sim(host=args.host, port=args.port, demo_churn=args.demo, rbac=rbac)
+        return _run_listening(_until_signalled(sim_main), host=args.host, port=args.port, instead="--port")
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _run_listening(main: Coroutine[Any, Any, None], *, host: str, port: int, instead: str) -> int:
+    """Run a command that listens on ``host:port``: exit 0 when it ends, 1 with one line naming
+    the port when the port is taken (the first thing a new user meets: not a traceback)."""
+    try:
+        asyncio.run(main)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"watchgw: port {port} on {host} is already in use; choose another with {instead}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
@@ -101,9 +168,12 @@ async def _until_signalled(main: Coroutine[Any, Any, None]) -> None:
         await task
 
 
-async def _serve(config: Config, path: str) -> None:
+async def _serve(config: Config, path: str, sock: socket.socket | None) -> None:
     from watchgw.web.app import make_app
     from watchgw.web.server import serve_until_signalled
+    from watchgw.web.supervision import SystemdLink, arm_debug_loop_block
+
+    arm_debug_loop_block(os.environ)
 
     def reload() -> None:
         # What can change without a restart: the log level and format. Everything else is read
@@ -116,13 +186,15 @@ async def _serve(config: Config, path: str) -> None:
         configure_logging(fresh.log)
         log.info("config.reloaded", note="log settings applied; other changes need a restart")
 
-    app = make_app(config)
+    app = make_app(config, static=config.server.live_page)
     await serve_until_signalled(
         app,
         host=config.server.host,
         port=config.server.port,
         shutdown_timeout_s=config.server.shutdown_timeout_s,
         on_reload=reload,
+        sock=sock,
+        systemd=SystemdLink.from_environ(os.environ),
     )
 
 

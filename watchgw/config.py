@@ -77,6 +77,14 @@ class ServerConfig:
     per-address limits count: failed authentications, and, without authentication, every
     per-identity limit and the subscribe rate limit. Empty: the connection's peer is the client,
     and those headers are ignored (anyone can send them)."""
+    replica: str = ""
+    """This process's name among the replicas behind a load balancer, sent to clients in
+    ``connected``, in every subscribe answer and in ``stats``: a client compares them to notice
+    that its requests reach another replica than its stream. Empty: ``<hostname>:<port>`` of the
+    listener, computed at start, which is unique per process on a host."""
+    live_page: bool = False
+    """Serve the live demo page at ``/`` and the browser client at ``/watch-client.js``
+    (``watchgw demo`` always does): replicas behind a load balancer then serve the page too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,12 +298,36 @@ def config_from_mapping(raw: Mapping[str, Any], *, env: Mapping[str, str] | None
             raise ConfigError(f"[{key}] must be a table")
         sections[key] = _build_section(hints[key], value, key)
     config = Config(**sections)
+    config = _with_credentials_directory(config, env or {})
     if env and env.get(ENV_UPSTREAM_TOKEN):
         config = dataclasses.replace(
             config, upstream=dataclasses.replace(config.upstream, token=env[ENV_UPSTREAM_TOKEN])
         )
     _validate(config)
     return config
+
+
+#: In a file setting, what systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``) stands for.
+#: The directory is named after the unit, so one config serves ``watchgw.service`` and every
+#: ``watchgw@PORT.service`` instance only through this variable.
+CREDENTIALS_DIRECTORY = "${CREDENTIALS_DIRECTORY}"
+
+
+def _with_credentials_directory(config: Config, env: Mapping[str, str]) -> Config:
+    """File settings with ``${CREDENTIALS_DIRECTORY}`` expanded from the environment."""
+    upstream = config.upstream
+    for key in UPSTREAM_FILE_KEYS:
+        path = getattr(upstream, key)
+        if path and CREDENTIALS_DIRECTORY in path:
+            directory = env.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(
+                    f"upstream.{key} {path}: ${{CREDENTIALS_DIRECTORY}} is set only when systemd runs"
+                    " the gateway with LoadCredential=; outside systemd, name the file itself"
+                )
+            expanded = path.replace(CREDENTIALS_DIRECTORY, directory.rstrip("/"))
+            upstream = dataclasses.replace(upstream, **{key: expanded})
+    return config if upstream is config.upstream else dataclasses.replace(config, upstream=upstream)
 
 
 def _build_section(cls: type[Any], values: Mapping[str, Any], section: str) -> Any:
@@ -363,6 +395,9 @@ def _validate(config: Config) -> None:
     ns = up.project_default_namespace
     if ns and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", ns):
         raise ConfigError(f'upstream.project_default_namespace must be a namespace name or "", not {ns!r}')
+    if len(config.server.replica) > 128 or not config.server.replica.isprintable():
+        # It travels in SSE frames and JSON answers: one printable line, short.
+        raise ConfigError("server.replica must be at most 128 printable characters")
     if config.server.key_segments not in (7, 8):
         raise ConfigError(f"server.key_segments must be 7 or 8, not {config.server.key_segments!r}")
     auth = config.auth

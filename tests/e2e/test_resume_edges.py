@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import make_config
 from tests.stacks import fast_upstream, sim_and_gateway
 from watchgw.client.client import WatchClient, WatchClientError
-from watchgw.sim import Simulator
+from watchgw.sim import Simulator, running_simulator
+from watchgw.web.app import make_app
+from watchgw.web.server import running_app
 
 SECRETS = {"resourceType": "api/v1/secrets", "projectId": "proj-a", "namespace": "default"}
 ZONES = {
@@ -77,3 +79,32 @@ async def test_a_resource_version_that_is_not_short_ascii_digits_is_refused_clea
         assert set(client.objects(channel)) == {"default/a"}
         subscribed = [e for e in client.events if e.event == "subscribed"]
         assert len(subscribed) == 1, "the refused subscribe sent nothing"
+
+
+@pytest.mark.parametrize("home_first", [True, False], ids=["home-replica-older", "home-replica-newer"])
+async def test_an_event_id_from_another_replica_never_resumes_a_session_here(home_first: bool) -> None:
+    # Behind a load balancer a client can come back to a replica that still holds its session
+    # (within session_ttl_s) carrying the Last-Event-ID of a frame another replica wrote. That
+    # position says nothing about what this replica delivered: the client must start over.
+    async with running_simulator(bookmark_interval_s=0.25) as (sim, sim_url):
+        sim.create("api/v1/secrets", {"metadata": {"name": "a"}}, project="proj-a", namespace="default")
+        config = fast_upstream(make_config(sim_url, limits={"session_ttl_s": 30}))
+        async with contextlib.AsyncExitStack() as stack:
+            urls = [await stack.enter_async_context(running_app(make_app(config))) for _ in range(2)]
+            home, other = urls if home_first else urls[::-1]
+            client = WatchClient(home, client_id="moving-client", record=True)
+            stack.push_async_callback(client.close)
+            await client.connect()
+            await client.wait_synced(await client.subscribe(**SECRETS))
+            await client.disconnect()  # the session here lives on for session_ttl_s
+
+            elsewhere = WatchClient(other, client_id="moving-client", record=True)
+            stack.push_async_callback(elsewhere.close)
+            await elsewhere.connect()
+            await elsewhere.wait_synced(await elsewhere.subscribe(**SECRETS))
+            foreign_id = elsewhere.last_event_id
+            await elsewhere.disconnect()
+
+            client.last_event_id = foreign_id
+            connected = await client.connect(resume=True)
+            assert connected["resumed"] is False, "a position written by another replica was resumed"

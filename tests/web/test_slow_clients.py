@@ -97,7 +97,9 @@ async def test_session_expires_when_not_resumed(gateway_factory: Callable[..., A
     again = await gateway.client(connect=False)
     again.client_id = client.client_id
     await again.connect(resume=True)
-    assert again.connected == {"clientId": client.client_id, "resumed": False}
+    assert again.connected is not None
+    assert again.connected["clientId"] == client.client_id
+    assert again.connected["resumed"] is False
 
 
 async def test_a_client_gone_before_its_stream_started_still_expires(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from tests.fakes import make_object
 from tests.web.conftest import Gateway
 
@@ -10,7 +12,10 @@ SECRETS = {"resourceType": "api/v1/secrets", "projectId": "proj-abc", "namespace
 
 async def test_subscribe_snapshot_then_live_events(gateway: Gateway) -> None:
     client = await gateway.client()
-    assert client.connected == {"clientId": client.client_id, "resumed": False}
+    port = gateway.url.rsplit(":", 1)[1]
+    # Unnamed, a replica is "<hostname>:<port>": unique per process on a host.
+    replica = f"{socket.gethostname()}:{port}"
+    assert client.connected == {"clientId": client.client_id, "resumed": False, "replica": replica}
     channel = await client.subscribe(**SECRETS)
     assert channel == "api/v1/secrets::proj-abc:default::::"
     upstream = gateway.upstreams.for_key(channel)

@@ -24,7 +24,8 @@ another replica can hold) cannot be caught up: the relist's difference does not 
 were created and deleted between ``P`` and ``L``, and the client may hold one. Such a client gets
 ``resync`` + snapshot, as does one whose position is older than the history.
 
-Snapshots are written in parts (:class:`SnapshotWriter`), one part each time the session's socket
+Snapshots are written in parts (``hub/snapshot.py``: built once per version of the objects and
+shared by the sessions that need them), one part each time the session's socket
 has drained, never built whole: a session queues at most ``client_buffer_bytes`` whatever the size
 of the channels it holds. The writer takes the channel's object keys when it starts and, for each,
 writes the object's state *at the time the part is written* (an object deleted meanwhile is
@@ -55,6 +56,7 @@ import structlog
 from watchgw.hub.credential import SubscriberCredential
 from watchgw.hub.frames import Frame, FrameFactory, dumps
 from watchgw.hub.session import Session, SnapshotRequest
+from watchgw.hub.snapshot import SHARED_SNAPSHOT_TTL_S, SharedSnapshot, SnapshotWriter
 from watchgw.kube.types import (
     InformerPhase,
     InformerState,
@@ -139,6 +141,10 @@ class Channel:
         """Bound of :attr:`history` in bytes (frames on the wire), as of :attr:`tombstones`."""
         self.history_size = 0
         """Bytes of the frames in :attr:`history`."""
+        self._generation = 0
+        """Counts changes of the objects: a shared snapshot is valid for one generation."""
+        self._shared: SharedSnapshot | None = None
+        self._shared_handle: asyncio.TimerHandle | None = None
         self._keys: tuple[ObjectKey, ...] | None = None
         """The object keys, shared by the snapshots that start while the set of keys is unchanged
         (forgotten at every ADDED, DELETED, LIST and new upstream)."""
@@ -153,6 +159,9 @@ class Channel:
         self.grace_handle: asyncio.TimerHandle | None = None
         self.events = 0
         self.deliveries = 0
+        self.snapshot_parts_built = 0
+        self.snapshot_parts_written = 0
+        """Parts of snapshots encoded, and written to sessions: their ratio is the sharing."""
         self.upstream_restarts = 0
         self._credential = SubscriberCredential()
 
@@ -176,6 +185,7 @@ class Channel:
         self._clear_history()
         self.complete_from = None
         self._keys = None
+        self._objects_changed()
         self.upstream = self._upstream_factory(self.target, self)
         self.start()
 
@@ -207,6 +217,8 @@ class Channel:
     def on_events(self, events: list[WatchEvent]) -> None:
         """One upstream chunk: frames built once, written to each subscriber in one write."""
         self.events += len(events)
+        if len(events) != 1 or events[0].type != "BOOKMARK":
+            self._objects_changed()
         advance = self._advance
         if not self.synced:
             # The first LIST: waiting sessions get their snapshots at sync.
@@ -242,6 +254,7 @@ class Channel:
     def on_relist(self, events: list[WatchEvent], resource_version: str) -> None:
         """A relist's difference: consistent only once every event of it is applied."""
         self.events += len(events)
+        self._objects_changed()
         self._keys = None
         if not self.synced:
             self._advance(resource_version)
@@ -360,8 +373,11 @@ class Channel:
             self._report_handle = None
 
     def stop(self) -> None:
-        """The channel closes: no report may fire after it."""
+        """The channel closes: no report or timer may fire after it."""
         self._recovered()
+        if self._shared_handle is not None:
+            self._shared_handle.cancel()
+        self._forget_shared()
 
     def _first_sync(self) -> None:
         self.synced = True
@@ -386,6 +402,36 @@ class Channel:
         if keys is None or len(keys) != len(objects):
             keys = self._keys = tuple(objects)
         return keys
+
+    def _objects_changed(self) -> None:
+        self._generation += 1
+        self._shared = None  # its bytes no longer match: free them now
+
+    def shared_snapshot(self, keys: tuple[ObjectKey, ...]) -> SharedSnapshot:
+        """The parts of a snapshot over ``keys`` at the current version of the objects: shared
+        with the other sessions snapshotting now while ``keys`` is the current key tuple, else
+        made for one session (see ``hub/snapshot.py``)."""
+        shared = self._shared
+        if shared is not None and shared.keys is keys and shared.generation == self._generation:
+            return shared
+        shared = SharedSnapshot(self, keys, self._generation)
+        if keys is self._keys:
+            self._shared = shared
+            if self._shared_handle is None:
+                self._shared_handle = asyncio.get_running_loop().call_later(
+                    SHARED_SNAPSHOT_TTL_S, self._forget_shared
+                )
+        return shared
+
+    def _forget_shared(self) -> None:
+        self._shared_handle = None
+        self._shared = None
+
+    def part_frame(self, wire: bytes) -> Frame:
+        """A shared snapshot part as one session's frame: an id of its own for the session's
+        resume log, never written (see ``hub/snapshot.py``)."""
+        self.snapshot_parts_written += 1
+        return Frame(self._frames.next_id(), wire, self.key, None, snapshot=True, watch=True)
 
     def snapshot_frame(self, type: Literal["ADDED", "DELETED"], key: ObjectKey, object_json: bytes) -> Frame:
         """An object of a snapshot (or a deletion after it) for one session: no position."""
@@ -496,60 +542,3 @@ class Channel:
         session.begin_snapshot(self.key, SnapshotWriter(self, stale_since))
         if reason is not None:
             session.push(self._control("resync", reason=reason))
-
-
-class SnapshotWriter:
-    """One session's snapshot of a channel, written in parts (see the module docstring): every
-    object as ADDED (its state when its part is written), then, with ``stale_since``, a DELETED of
-    each object deleted after that deletion number that is still gone, then ``synced``.
-
-    Holds the channel's key tuple (shared between snapshots while it does not change) and a
-    position: no frames, no objects."""
-
-    __slots__ = ("_channel", "_deletions", "_keys", "_pos", "_stale_since", "_upstream")
-
-    def __init__(self, channel: Channel, stale_since: int | None) -> None:
-        self._channel = channel
-        self._upstream = channel.upstream
-        self._keys = channel.snapshot_keys()
-        self._pos = 0
-        self._stale_since = stale_since
-        self._deletions: list[tuple[ObjectKey, bytes]] | None = None
-
-    def part(self, room: int) -> tuple[list[Frame], bool]:
-        channel = self._channel
-        if channel.upstream is not self._upstream or not channel.synced:
-            # The upstream was restarted: the session got resync and waits for its first sync.
-            return [], True
-        objects = self._upstream.objects
-        keys = self._keys
-        out: list[Frame] = []
-        size = 0
-        pos = self._pos
-        count = len(keys)
-        while pos < count and size < room:
-            key = keys[pos]
-            pos += 1
-            event = objects.get(key)
-            if event is not None:  # gone since the start: its DELETED was sent live
-                frame = channel.snapshot_frame("ADDED", key, event.object_json)
-                out.append(frame)
-                size += len(frame.wire)
-        self._pos = pos
-        if pos < count:
-            return out, False
-        if self._stale_since is not None:
-            deletions = self._deletions
-            if deletions is None:
-                deletions = self._deletions = channel.deleted_since(self._stale_since)
-                deletions.reverse()  # popped from the end: newest first, as before
-            while deletions and size < room:
-                key, object_json = deletions.pop()
-                if key not in objects:
-                    frame = channel.snapshot_frame("DELETED", key, object_json)
-                    out.append(frame)
-                    size += len(frame.wire)
-            if deletions:
-                return out, False
-        out.append(channel.synced_frame())
-        return out, True

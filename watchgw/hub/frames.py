@@ -82,6 +82,16 @@ class FrameFactory:
     def __init__(self, start_id: int | None = None, *, clock: Callable[[], int] = time.time_ns) -> None:
         self._last_id = start_id if start_id is not None else clock()
 
+    @property
+    def last_id(self) -> int:
+        """The id of the newest frame built."""
+        return self._last_id
+
+    def next_id(self) -> int:
+        """An id for a frame whose bytes are shared between sessions (a snapshot part)."""
+        self._last_id += 1
+        return self._last_id
+
     def _frame(
         self, event: bytes, data: bytes, channel: str, key: ObjectKey | None, snapshot: bool = False
     ) -> Frame:
@@ -124,16 +134,29 @@ class FrameFactory:
         body = b"id: %d\n%s" % (self._last_id, rest)
         return Frame(self._last_id, chunk(body), frame.channel, frame.key, snapshot, frame.watch)
 
-    def connected(self, *, client_id: str, resumed: bool, retry_ms: int, frame_id: int | None) -> bytes:
+    def connected(
+        self,
+        *,
+        client_id: str,
+        resumed: bool,
+        retry_ms: int,
+        frame_id: int | None,
+        replica: str | None = None,
+    ) -> bytes:
         """The first frame of a stream, as raw SSE bytes (written through the response).
 
         A fresh session's ``connected`` takes a new id; a resumed one repeats the client's
         ``Last-Event-ID`` so the browser's idea of its position does not move backwards.
+        ``replica`` names this process behind a load balancer: a client compares it with the
+        replica named by its subscribe answers (requests routed elsewhere than its stream).
         """
         if frame_id is None:
             self._last_id += 1
             frame_id = self._last_id
-        data = dumps({"clientId": client_id, "resumed": resumed})
+        fields: dict[str, Any] = {"clientId": client_id, "resumed": resumed}
+        if replica is not None:
+            fields["replica"] = replica
+        data = dumps(fields)
         return b"retry: %d\nid: %d\nevent: connected\ndata: %s\n\n" % (retry_ms, frame_id, data)
 
 

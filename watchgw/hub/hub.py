@@ -104,7 +104,14 @@ class WatchHub:
         self._waiters: list[asyncio.Future[None]] = []
         self.channels_opened = 0
         self.sessions_opened = 0
-        self.retired: dict[str, int] = {"events": 0, "deliveries": 0, "coalesced": 0, "resyncs": 0}
+        self.retired: dict[str, int] = {
+            "events": 0,
+            "deliveries": 0,
+            "coalesced": 0,
+            "resyncs": 0,
+            "snapshot_parts_built": 0,
+            "snapshot_parts_written": 0,
+        }
         """Counters of channels and sessions that are gone, so totals never go backwards."""
         self.usage: dict[str, _Usage] = {}
         """By quota key (see the module's docstring); an entry goes with its last session."""
@@ -143,11 +150,12 @@ class WatchHub:
             if session.identity != identity:
                 raise ClientIdInUse("this client id belongs to another identity")
             session.cancel_expiry()
-            if last_event_id is not None and session.can_resume(last_event_id):
+            if last_event_id is not None and self._resumable(session, last_event_id):
                 return StreamGrant(session, resumed=True)
             # No Last-Event-ID (or one it cannot serve exactly): the client starts over.
             self._park_subscriptions(session)
             session.reset()
+            session.first_id = self.frames.last_id + 1
             return StreamGrant(session, resumed=False)
         quota = quota or identity
         usage = self.usage.get(quota)
@@ -161,6 +169,7 @@ class WatchHub:
         session = Session(
             client_id=client_id, identity=identity, buffer_bytes=self.limits.client_buffer_bytes
         )
+        session.first_id = self.frames.last_id + 1
         self.sessions[client_id] = session
         if usage is None:
             usage = self.usage[quota] = _Usage()
@@ -169,6 +178,16 @@ class WatchHub:
         self.sessions_opened += 1
         self._changed()
         return StreamGrant(session, resumed=False)
+
+    def _resumable(self, session: Session, last_event_id: int) -> bool:
+        """Whether ``last_event_id`` is a position in ``session``'s own stream that it can serve.
+
+        Behind a load balancer a client can come back to this replica with the id of a frame
+        written by another one (its requests were routed elsewhere while this replica was
+        down, or a restarted replica took its cid back). Such an id says nothing about what the
+        session here delivered: ids below the session's start (or above anything this process
+        has built) are foreign, and the client starts over instead of being "resumed" wrongly."""
+        return session.first_id <= last_event_id <= self.frames.last_id and session.can_resume(last_event_id)
 
     def attach(
         self,
@@ -419,6 +438,8 @@ class WatchHub:
             del self.channels[channel.registry_key]
             self.retired["events"] += channel.events
             self.retired["deliveries"] += channel.deliveries
+            self.retired["snapshot_parts_built"] += channel.snapshot_parts_built
+            self.retired["snapshot_parts_written"] += channel.snapshot_parts_written
         if channel.grace_handle is not None:
             channel.grace_handle.cancel()
             channel.grace_handle = None

@@ -22,7 +22,7 @@ stream is attached and the outbox is empty, the pump asks the channel for a
 the socket has drained, writing it at once. From the first part on, the channel's live frames
 flow to the session again, interleaved with the parts; the writer reads each object's *current*
 state when it writes it, so whichever frame of an object comes last carries its latest state, and
-the ``synced`` at the end still means complete (see ``hub/channel.py``, ``SnapshotWriter``).
+the ``synced`` at the end still means complete (see ``hub/snapshot.py``).
 
 Resume: written frames go to the session's :class:`~watchgw.hub.replay.ReplayLog`, so a client that
 reconnects with ``Last-Event-ID`` gets every frame after it, or a ``resync`` (``unsubscribed``)
@@ -76,7 +76,7 @@ class Subscription(Protocol):
 
 
 class SnapshotWriter(Protocol):
-    """A snapshot being written to one session in parts (``hub.channel.SnapshotWriter``)."""
+    """A snapshot being written to one session in parts (``hub.snapshot.SnapshotWriter``)."""
 
     def part(self, room: int) -> tuple[list[Frame], bool]:
         """The next frames, about ``room`` bytes (at least one frame), and whether that was all."""
@@ -115,6 +115,7 @@ class Session:
         "closing",
         "coalesced_before",
         "deletions_seen",
+        "first_id",
         "identity",
         "released",
         "removed",
@@ -144,6 +145,8 @@ class Session:
         self.deletions_seen: dict[str, int] = {}
         """Channel key -> the channel's deletion count when the session first joined it (kept
         while parked): the deletions a client that never clears its state may have missed."""
+        self.first_id = 0
+        """No frame of this session's stream has an older id (set by the hub when it starts)."""
         self.removed = False
         """The hub has ended this session: no stream may attach to it any more."""
         self._chunked = True
@@ -354,6 +357,10 @@ class Session:
         if waiter is not None and not waiter.done():
             waiter.set_result(False)
 
+    def connection_lost(self) -> None:
+        """The stream's connection closed: the pump wakes, sees it and ends."""
+        self._wake()
+
     def end_stream(self) -> None:
         """Finish the current stream after writing what is queued (server drain)."""
         self.closing = True
@@ -375,6 +382,8 @@ class Session:
         notices a vanished peer where the server does not cancel handlers on disconnect.
         """
         while self.stream_generation == generation and self.transport is not None:
+            if self.transport.is_closing():
+                return  # the client is gone (the connection wakes the pump when it closes)
             if not self._outbox and not self._resync and not self._writers:
                 if self.closing:
                     return

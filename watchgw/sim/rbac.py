@@ -18,14 +18,23 @@ configured, a user control plane answers its own user (``{user}`` is the user's 
 which names the same control plane) and refuses everyone else (403), whatever the rules say:
 rules govern the root, project and org control planes. Its SelfSubjectAccessReview answers
 ``allowed`` for its own user.
+
+``watchgw sim --rbac FILE`` loads users, tokens and grants from a TOML file (:func:`load_rbac`,
+example ``config/sim-rbac.toml``), so bearer mode can be tried by hand without writing code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # store.py imports uid_of from here
+    from .store import Simulator
 
 
 def uid_of(username: str) -> str:
@@ -104,3 +113,103 @@ class Rules:
 
     def __call__(self, user: str, attrs: dict[str, str]) -> bool:
         return any(rule.matches(user, attrs) for rule in self._rules.values())
+
+
+class RbacFileError(ValueError):
+    """A ``--rbac`` file that cannot be used; the message names the file and the entry."""
+
+
+_USER_KEYS = frozenset({"name", "token"})
+_GRANT_KEYS = frozenset({"user", "verbs", "group", "resource", "namespace", "project", "org", "names"})
+_SCOPE_KEYS = ("group", "resource", "namespace", "project", "org")
+
+
+@dataclass(frozen=True, slots=True)
+class SimRbac:
+    """Users, their tokens and their grants, as ``watchgw sim --rbac FILE`` reads them."""
+
+    tokens: dict[str, str]
+    """token -> username (``Simulator.tokens``)."""
+    rules: Rules
+
+    def apply(self, sim: Simulator) -> None:
+        """From now on ``sim`` requires a bearer token on every request (401 without one) and
+        answers requests and access reviews from the grants (403 without one)."""
+        sim.tokens = dict(self.tokens)
+        sim.authorizer = self.rules
+
+
+def load_rbac(path: str | os.PathLike[str]) -> SimRbac:
+    """Read a TOML file of ``[[users]]`` (``name``, ``token``) and ``[[grants]]`` (``user``,
+    ``verbs``, ``group``, ``resource``, ``namespace``, ``project``, ``org``, ``names``; what is
+    left out matches anything, ``verbs`` defaults to get, list, watch). ``config/sim-rbac.toml``
+    is the annotated example. Unknown keys and grants for undeclared users are errors: a typo
+    must not silently grant or withhold access."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise RbacFileError(f"{path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RbacFileError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"users", "grants"})
+    if unknown:
+        raise RbacFileError(f"{path}: unknown key {unknown[0]!r} (expected [[users]] and [[grants]])")
+    tokens: dict[str, str] = {}
+    for i, entry in enumerate(_tables(raw, "users", path)):
+        where = f"{path}: users[{i}]"
+        _no_unknown(entry, _USER_KEYS, where)
+        name = _text(entry, "name", where)
+        token = _text(entry, "token", where)
+        if token in tokens:
+            raise RbacFileError(f"{where}: token already belongs to user {tokens[token]!r}")
+        tokens[token] = name
+    if not tokens:
+        raise RbacFileError(f"{path}: no [[users]]: nobody could authenticate")
+    users = set(tokens.values())
+    rules = Rules()
+    for i, grant in enumerate(_tables(raw, "grants", path)):
+        where = f"{path}: grants[{i}]"
+        _no_unknown(grant, _GRANT_KEYS, where)
+        user = _text(grant, "user", where)
+        if user not in users:
+            raise RbacFileError(f"{where}: user {user!r} is not among the [[users]]")
+        scope = {key: _text(grant, key, where, default="*", empty=True) for key in _SCOPE_KEYS}
+        rules.allow(
+            user,
+            verbs=_texts(grant, "verbs", where, default=("get", "list", "watch")),
+            names=_texts(grant, "names", where, default=()),
+            **scope,
+        )
+    return SimRbac(tokens, rules)
+
+
+def _tables(raw: dict[str, Any], key: str, path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise RbacFileError(f"{path}: {key} must be an array of tables ([[{key}]])")
+    return value
+
+
+def _no_unknown(table: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise RbacFileError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _text(
+    table: dict[str, Any], key: str, where: str, *, default: str | None = None, empty: bool = False
+) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise RbacFileError(f"{where}: {key} is required")
+    if not isinstance(value, str) or (not value and not empty):
+        raise RbacFileError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def _texts(table: dict[str, Any], key: str, where: str, *, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = table.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RbacFileError(f"{where}: {key} must be a list of non-empty strings")
+    return tuple(value)

@@ -24,7 +24,7 @@ import structlog
 import ujson
 from aiohttp import web
 
-from .rbac import owns_user_scope, uid_of
+from .rbac import SimRbac, owns_user_scope, uid_of
 from .selectors import FieldSelector, LabelSelector, SelectorError, parse_field_selector, parse_label_selector
 from .store import (
     _PREFIX,
@@ -52,7 +52,9 @@ DEMO_GROUPS = (
 )
 CORE_DEFAULTS = ("configmaps", "secrets", "namespaces")
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
-PUBLIC_PATHS = frozenset({"/version", "/healthz", "/readyz", "/livez"})
+STATS_PATH = "/sim/stats"
+"""The simulator's own counters (not a Kubernetes path): what tests in other processes read."""
+PUBLIC_PATHS = frozenset({"/version", "/healthz", "/readyz", "/livez", STATS_PATH})
 CUT_FRAGMENT = b'{"type":"MODIFIED","object":{"kind":'
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
@@ -249,6 +251,17 @@ class SimServer:
 
     # ------------------------------------------------------------ discovery
     def public(self, path: str) -> web.Response:
+        if path == STATS_PATH:
+            sim = self.sim
+            return json_response(
+                {
+                    "openWatches": sim.open_watches,
+                    "peakOpenWatches": sim.peak_open_watches,
+                    "watchRequests": sim.watch_requests,
+                    "listRequests": sim.list_requests,
+                    "resourceVersion": sim.resource_version,
+                }
+            )
         if path == "/version":
             return json_response(
                 {
@@ -903,11 +916,21 @@ def make_sim_app(sim: Simulator) -> web.Application:
     return app
 
 
-async def serve_sim(*, host: str, port: int, demo_churn: bool = False, sim: Simulator | None = None) -> None:
-    """Serve a simulator until cancelled (``watchgw sim --port P``)."""
+async def serve_sim(
+    *,
+    host: str,
+    port: int,
+    demo_churn: bool = False,
+    sim: Simulator | None = None,
+    rbac: SimRbac | None = None,
+) -> None:
+    """Serve a simulator until cancelled (``watchgw sim --port P``); ``rbac``: require tokens and
+    answer from these grants (``--rbac FILE``)."""
     from .demo import run_demo_churn
 
     sim = sim or Simulator()
+    if rbac is not None:
+        rbac.apply(sim)
     runner = web.AppRunner(make_sim_app(sim), handler_cancellation=True, shutdown_timeout=5.0)
     await runner.setup()
     churn: asyncio.Task[None] | None = None
@@ -915,7 +938,12 @@ async def serve_sim(*, host: str, port: int, demo_churn: bool = False, sim: Simu
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
-        structlog.get_logger("watchgw.sim").info("sim.listening", url=f"http://{host}:{bound}")
+        structlog.get_logger("watchgw.sim").info(
+            "sim.listening",
+            url=f"http://{host}:{bound}",
+            # "rbac": a token is required and the file's grants decide; "none": anyone may do anything.
+            auth="rbac" if rbac is not None else "none",
+        )
         if demo_churn:
             churn = asyncio.create_task(run_demo_churn(sim))
         started = time.monotonic()

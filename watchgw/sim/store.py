@@ -402,6 +402,8 @@ class Simulator:
         self.list_requests = 0
         self.watch_requests = 0
         self.open_watches = 0
+        self.peak_open_watches = 0
+        """The most watches open at once since the start: what gateways in front cost upstream."""
         self.faults: list[Fault] = []
         self._rv = 1000
         self._compacted_rv = 0
@@ -721,6 +723,7 @@ class Simulator:
 
     def watch_opened(self) -> None:
         self.open_watches += 1
+        self.peak_open_watches = max(self.peak_open_watches, self.open_watches)
         self._notify()
 
     def watch_closed(self) -> None:

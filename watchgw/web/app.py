@@ -30,9 +30,11 @@ from watchgw.kube.urls import upstream_target
 from watchgw.web import routes
 from watchgw.web.access import Access, ForwardAccess, access_for
 from watchgw.web.body import RateLimited, RequestError, error_response
-from watchgw.web.keys import ACCESS, CONFIG, HUB, RATE_LIMITER
+from watchgw.web.counters import RequestCounters
+from watchgw.web.handoff import StreamTasks
+from watchgw.web.keys import ACCESS, CONFIG, COUNTERS, HUB, RATE_LIMITER, STREAMS
 from watchgw.web.metrics import install_metrics, metrics
-from watchgw.web.ratelimit import RateLimiter, retry_after_header
+from watchgw.web.ratelimit import RateLimiter
 from watchgw.web.recheck import recheck_forever
 
 log = structlog.get_logger("watchgw.web")
@@ -46,25 +48,35 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except RateLimited as exc:
-        headers = {"Retry-After": retry_after_header(exc.retry_after_s)}
-        return error_response(exc.status, exc.code, exc.message, headers=headers)
+        # One figure for both: the header and the body's retryAfter (whole seconds, rounded up).
+        response = error_response(
+            exc.status,
+            exc.code,
+            exc.message,
+            headers={"Retry-After": str(exc.retry_after_s)},
+            extra={"retryAfter": exc.retry_after_s},
+        )
+        code = exc.code
     except HubError as exc:
         response = error_response(exc.status, exc.code, exc.message)
         if isinstance(exc, RequestError) and exc.close_connection:
             response.force_close()  # and web/connections.py skips the lingering read
-        return response
+        code = exc.code
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status, "http_error"
         )
-        return error_response(exc.status, code, exc.reason)
+        response = error_response(exc.status, code, exc.reason)
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         log.exception("request.failed", path=request.path)
-        return error_response(500, "internal_error", "the server failed to handle this request")
+        code = "internal_error"
+        response = error_response(500, code, "the server failed to handle this request")
+    request.app[COUNTERS].count_rejected(response, code)
+    return response
 
 
 def make_app(
@@ -76,11 +88,14 @@ def make_app(
 ) -> web.Application:
     """Build the gateway. ``upstream_factory`` replaces the real informer (tests, benchmarks);
     ``access`` replaces the one ``[auth]`` selects."""
-    middlewares: list[Middleware] = [errors_middleware]
-    if config.server.cors_origins:
-        middlewares.insert(0, cors_middleware(frozenset(config.server.cors_origins)))
+    # CORS always: without cors_origins every foreign preflight gets the documented 403 (rather
+    # than the router's 405 for OPTIONS), and no answer carries CORS headers.
+    cors = cors_middleware(frozenset(config.server.cors_origins))
+    middlewares: list[Middleware] = [cors, errors_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
+    app[COUNTERS] = RequestCounters()
+    app[STREAMS] = StreamTasks()
     if access is not None:
         app[ACCESS] = access
     app[RATE_LIMITER] = RateLimiter(
@@ -178,7 +193,8 @@ def informer_factory(kube: KubeClient, config: Config) -> UpstreamFactory:
 
 async def _recheck_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(
-        recheck_forever(app[HUB], app[ACCESS], app[CONFIG].auth.recheck_s), name="access recheck"
+        recheck_forever(app[HUB], app[ACCESS], app[CONFIG].auth.recheck_s, app[COUNTERS]),
+        name="access recheck",
     )
     try:
         yield
@@ -189,7 +205,9 @@ async def _recheck_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def cors_middleware(origins: frozenset[str]) -> Middleware:
-    """Browsers on the listed origins may call the API with credentials; nobody else gets CORS."""
+    """Browsers on the listed origins may call the API with credentials; nobody else gets CORS:
+    a preflight from any other origin (every origin when none is listed) is 403
+    ``origin_not_allowed``, so the browser's console names the reason."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -201,7 +219,9 @@ def cors_middleware(origins: frozenset[str]) -> Middleware:
             and "Access-Control-Request-Method" in request.headers
         ):
             if not allowed:
-                return error_response(403, "origin_not_allowed", "this origin may not call the API")
+                refused = error_response(403, "origin_not_allowed", "this origin may not call the API")
+                request.app[COUNTERS].count_rejected(refused, "origin_not_allowed")
+                return refused
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Last-Event-ID"
@@ -224,3 +244,7 @@ async def _drain_streams(app: web.Application) -> None:
     for session in sessions:
         session.end_stream()
     log.info("server.draining", streams=len(sessions))
+    # Streams are handed off from aiohttp (web/handoff.py): its shutdown does not wait for them.
+    cut = await app[STREAMS].wait(app[CONFIG].server.shutdown_timeout_s)
+    if cut:
+        log.warning("server.streams_cut", streams=cut, timeout_s=app[CONFIG].server.shutdown_timeout_s)

@@ -5,12 +5,16 @@ Bodies are read up to ``max_body_bytes`` and no further, whatever ``Content-Leng
 with duplicate keys or nested deeper than :data:`MAX_DEPTH` is refused (a client must not be able
 to make two readers of one body disagree, or make the parser recurse without bound). A body must
 be ``application/json`` (415 otherwise) and arrive within ``server.body_timeout_s`` (408).
+
+Every JSON answer goes through :func:`json_response`, which ends the body with a newline: ``curl``
+prints answers as they are, and without it the shell prompt lands on the answer's last line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -32,17 +36,38 @@ class RequestError(HubError):
 
 
 class RateLimited(HubError):
+    """429 ``rate_limited``. ``retry_after_s`` is the wait in whole seconds, rounded up (at least
+    1): the one figure the ``Retry-After`` header, the body's ``retryAfter`` and the message all
+    carry, so a client reading any of them waits long enough and they never disagree."""
+
     status, code = 429, "rate_limited"
 
     def __init__(self, wait_s: float) -> None:
-        super().__init__(f"too many requests: retry in {wait_s:.1f} s")
-        self.retry_after_s = wait_s
+        retry_after_s = max(1, math.ceil(wait_s))
+        super().__init__(f"too many requests: retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value) + "\n"
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer that ends with a newline (the one place every JSON answer is made)."""
+    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
 
 
 def error_response(
-    status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+    """The error shape; ``extra``: more members of the error object (``retryAfter`` of a 429)."""
+    error = {"code": code, "message": message, **(extra or {})}
+    return json_response({"error": error}, status=status, headers=headers)
 
 
 def fail(status: int, code: str, message: str) -> NoReturn:

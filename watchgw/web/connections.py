@@ -52,7 +52,7 @@ _RETRY_S = 2.0
 def _head_timeout_response(timeout_s: float) -> bytes:
     body = (
         '{"error": {"code": "request_timeout", "message": "the request head was not received within '
-        f'{timeout_s:g} s"}}}}'
+        f'{timeout_s:g} s"}}}}\n'  # a newline, as every JSON answer (web/body.py)
     ).encode()
     return (
         b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"

@@ -5,7 +5,6 @@ so many keys cannot grow memory without bound either."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,7 +45,3 @@ class RateLimiter:
         if item is not None:
             tokens, last = item
             self._buckets[identity] = (min(self._burst, tokens + 1.0), last)
-
-
-def retry_after_header(wait_s: float) -> str:
-    return str(max(1, math.ceil(wait_s)))

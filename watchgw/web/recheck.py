@@ -26,6 +26,7 @@ import structlog
 from watchgw.hub.hub import WatchHub
 from watchgw.hub.session import Session
 from watchgw.web.access import Access, Caller
+from watchgw.web.counters import RequestCounters
 
 log = structlog.get_logger("watchgw.access")
 
@@ -44,8 +45,9 @@ def _held(hub: WatchHub) -> Iterator[tuple[Session, str]]:
             yield session, key
 
 
-async def recheck_once(hub: WatchHub, access: Access) -> int:
-    """Decide every held subscription again; returns how many were revoked."""
+async def recheck_once(hub: WatchHub, access: Access, counters: RequestCounters | None = None) -> int:
+    """Decide every held subscription again; returns how many were revoked. ``counters``: where
+    the decisions are counted for ``/metrics``."""
     round_id = next(_rounds)
     pending = _held(hub)  # shared by the workers: a generator is never resumed while it runs
     revoked = 0
@@ -58,6 +60,8 @@ async def recheck_once(hub: WatchHub, access: Access) -> int:
                 continue  # gone since the round began
             caller = Caller(session.identity, session.token)
             decision = await access.recheck(caller, channel.target, key, round_id=round_id)
+            if counters is not None:
+                counters.count_recheck(decision)
             # The session may have ended or unsubscribed while the review was awaited.
             if (
                 decision is False
@@ -75,10 +79,12 @@ async def recheck_once(hub: WatchHub, access: Access) -> int:
     return revoked
 
 
-async def recheck_forever(hub: WatchHub, access: Access, interval_s: float) -> None:
+async def recheck_forever(
+    hub: WatchHub, access: Access, interval_s: float, counters: RequestCounters | None = None
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await recheck_once(hub, access)
+            await recheck_once(hub, access, counters)
         except Exception:  # a bug here must not end rechecking for good
             log.exception("auth.recheck_failed")
