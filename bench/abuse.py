@@ -30,7 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import PYTHON, free_port, spawn, stop
+from bench.harness import PYTHON, spawn, stop
+from tests.processes import free_port
 
 PREFIX = "/apis/resourcemanager.miloapis.com/v1alpha1/projects/proj-a/control-plane"
 SECRETS = {"resourceType": "api/v1/secrets", "projectId": "proj-a", "namespace": "default"}

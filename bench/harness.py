@@ -24,6 +24,7 @@ import aiohttp
 
 from bench.procstat import Sample, children, rss_kb
 from tests.nginx_config import find_binary, render_nginx
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -72,15 +73,6 @@ grace_period_s = 1
 level = "info"
 format = "json"
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def spawn(

@@ -36,7 +36,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.nginx_config import find_binary, free_port, render_nginx, self_signed_cert
+from tests.nginx_config import find_binary, render_nginx, self_signed_cert
+from tests.processes import free_port
+from tests.processes import stop as stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_SNIPPET = ROOT / "deploy" / "nginx" / "watchgw.conf"
@@ -140,19 +142,10 @@ class Child:
 
     async def stop(self, sig: signal.Signals = signal.SIGTERM, *, timeout: float = 10.0) -> int:
         """Send ``sig`` and wait for the exit; SIGKILL when it takes longer than ``timeout``."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+        code = await stop_process(self.proc, sig, timeout=timeout)
         with contextlib.suppress(asyncio.CancelledError):
             await self._drain
-        return self.proc.returncode if self.proc.returncode is not None else -1
+        return code
 
 
 class Replica:

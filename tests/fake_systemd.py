@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from tests.processes import running_watchgw
+
 
 @dataclass(frozen=True)
 class Notification:
@@ -82,6 +84,7 @@ async def notify_socket(path: str | None = None) -> AsyncIterator[NotifySocket]:
 
 # Runs in the child between fork and the gateway: what systemd does before exec'ing a socket-
 # activated service (fd 3, LISTEN_FDS, LISTEN_PID of the process itself; exec keeps the pid).
+# Its arguments: the listening socket's fd, then the command to exec.
 _ACTIVATE = """
 import os, sys
 fd = int(sys.argv[1])
@@ -90,36 +93,15 @@ if fd != 3:
     os.close(fd)
 os.set_inheritable(3, True)
 os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
-os.execv(sys.executable, [sys.executable, "-m", "watchgw", *sys.argv[2:]])
+os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-async def start_activated(
-    listener: socket.socket, *args: str, env: dict[str, str] | None = None
-) -> asyncio.subprocess.Process:
-    """``watchgw *args`` serving on ``listener``, passed as systemd passes a socket unit's socket."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _ACTIVATE,
-        str(listener.fileno()),
-        *args,
-        pass_fds=(listener.fileno(),),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    """Kill ``proc`` if it still runs (the end of every test that starts one)."""
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def socket_activated(
+    listener: socket.socket, *args: str
+) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """``watchgw *args`` serving on ``listener``, passed as systemd passes a socket unit's socket;
+    stopped when the block ends."""
+    fd = listener.fileno()
+    wrapper = (sys.executable, "-c", _ACTIVATE, str(fd))
+    return running_watchgw(*args, wrapper=wrapper, pass_fds=(fd,))

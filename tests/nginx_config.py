@@ -20,9 +20,6 @@ same on a test machine:
 ``find_binary(name) -> str | None``
     ``nginx``, ``haproxy``, ``openssl``: on ``PATH`` or in the sbin directories, where Debian
     installs the servers (not on a non-root user's ``PATH``).
-
-``free_port() -> int``
-    A loopback port nothing listens on, for servers that bind it themselves.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,14 +52,6 @@ def find_binary(name: str) -> str | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def self_signed_cert(directory: Path, *, name: str = "localhost") -> tuple[Path, Path]:

@@ -23,7 +23,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.nginx_config import find_binary, free_port, render_nginx, self_signed_cert
+from tests.nginx_config import find_binary, render_nginx, self_signed_cert
+from tests.processes import free_port
 from watchgw.config import Config, load_config
 from watchgw.web.server import running_app
 

@@ -9,11 +9,12 @@ import asyncio
 import json
 import resource
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.processes import spawn, stop
 
 FD_LIMIT = 32  # an idle `watchgw serve` holds about 10
 FLOOD = 80
@@ -39,17 +40,8 @@ async def test_accept_errors_are_logged_a_few_times_with_counts_and_service_resu
         '[server]\nhost = "127.0.0.1"\nport = 0\nheader_timeout_s = 60\nbacklog = 1024\n'
         '[upstream]\nurl = "http://127.0.0.1:1"\n[log]\nformat = "json"\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watchgw",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_few_file_descriptors,  # a setrlimit only
-    )
+    # preexec_fn: a setrlimit only
+    proc = await spawn("serve", "--config", str(config), preexec_fn=_few_file_descriptors)
     assert proc.stderr is not None
     lines: list[bytes] = []
     seen = {name: asyncio.Event() for name in ("server.listening", "server.accept_failed")}
@@ -81,9 +73,7 @@ async def test_accept_errors_are_logged_a_few_times_with_counts_and_service_resu
     finally:
         for writer in writers:
             writer.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop(proc)
         collector.cancel()
         await asyncio.gather(collector, return_exceptions=True)
 

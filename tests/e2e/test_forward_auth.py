@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from tests.conftest import make_config
 from tests.forward_auth import ForwardAuthServer, captured_logs
+from tests.processes import free_port
 from tests.stacks import fast_upstream
 from watchgw.client.client import WatchClient, WatchClientError
 from watchgw.config import Config
@@ -81,14 +81,6 @@ async def stack_factory() -> AsyncIterator[Callable[..., Any]]:
 async def _close_all(stack: Stack) -> None:
     for client in stack.clients:
         await client.close()
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture

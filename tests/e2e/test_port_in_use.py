@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import running_watchgw
 
 
 @pytest.mark.parametrize("command", ["serve", "demo", "sim"])
@@ -17,21 +18,8 @@ async def test_a_port_in_use_is_one_line_naming_it_not_a_traceback(command: str,
         config = tmp_path / "watchgw.toml"
         config.write_text(f'[server]\nport = {port}\n[upstream]\nurl = "http://127.0.0.1:1"\n')
         args = ["--config", str(config)] if command == "serve" else ["--port", str(port)]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "watchgw",
-            command,
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
+        async with running_watchgw(command, *args, stdout=asyncio.subprocess.PIPE) as proc:
             out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
     assert proc.returncode == 1
     assert out == b""
     where = f"--port (or server.port in {config})" if command == "serve" else "--port"

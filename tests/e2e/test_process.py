@@ -5,34 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.processes import free_port, next_log_event, running_watchgw
 from watchgw.client.client import WatchClient
 from watchgw.sim import running_simulator
-
-
-async def next_log_event(
-    proc: asyncio.subprocess.Process, event: str, *, timeout: float = 30
-) -> dict[str, Any]:
-    """Read the process's JSON log lines until ``event``; fails if it exits first."""
-    assert proc.stderr is not None
-    async with asyncio.timeout(timeout):
-        while True:
-            line = await proc.stderr.readline()
-            assert line, f"the process exited before {event}"
-            if line.startswith(b"{"):
-                record: dict[str, Any] = json.loads(line)
-                if record["event"] == event:
-                    return record
 
 
 @contextlib.asynccontextmanager
@@ -41,25 +24,10 @@ async def serving(
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     path = tmp_path / "watchgw.toml"
     path.write_text(config_text)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watchgw",
-        "serve",
-        "--config",
-        str(path),
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "WATCHGW_UPSTREAM_TOKEN": "tok-never-logged-123"},
-    )
-    try:
+    env = {"WATCHGW_UPSTREAM_TOKEN": "tok-never-logged-123"}
+    async with running_watchgw("serve", "--config", str(path), *args, env=env) as proc:
         record = await next_log_event(proc, "server.listening")
         yield proc, record["url"]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def config_for(upstream: str, *, shutdown_timeout_s: float = 3) -> str:
@@ -119,18 +87,7 @@ async def test_sighup_reloads_log_settings(tmp_path: Path) -> None:
 
 
 async def test_sim_command_serves_the_watch_protocol_and_stops_on_sigterm() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watchgw",
-        "sim",
-        "--port",
-        "0",
-        "--demo",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with running_watchgw("sim", "--port", "0", "--demo") as proc:
         url = (await next_log_event(proc, "sim.listening"))["url"]
         project = "/apis/resourcemanager.miloapis.com/v1alpha1/projects/proj-abc/control-plane"
         path = project + "/api/v1/namespaces/default/secrets"
@@ -140,19 +97,11 @@ async def test_sim_command_serves_the_watch_protocol_and_stops_on_sigterm() -> N
         assert body["items"], "--demo seeds sample resources"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_port_option_overrides_the_config_for_one_instance_per_core(tmp_path: Path) -> None:
     """``watchgw@<port>.service`` runs ``serve --port <port>`` with the shared config file."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     async with serving(config_for("http://127.0.0.1:1"), tmp_path, "--port", str(port)) as (proc, url):
         assert url.endswith(f":{port}")
         async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -19,8 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.test_process import config_for, next_log_event
-from tests.fake_systemd import Notification, free_port, notify_socket, start_activated, stop
+from tests.e2e.test_process import config_for
+from tests.fake_systemd import Notification, notify_socket, socket_activated
+from tests.processes import free_port, next_log_event, running_watchgw
 from watchgw.client.client import WatchClient
 from watchgw.sim import running_simulator
 from watchgw.web.supervision import DEBUG_BLOCK_LOOP_ENV, STATUS_EVERY_S
@@ -42,22 +42,8 @@ async def gateway(
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     path = tmp_path / "watchgw.toml"
     path.write_text(config_text)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watchgw",
-        "serve",
-        "--config",
-        str(path),
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    try:
+    async with running_watchgw("serve", "--config", str(path), *args, env=env) as proc:
         yield proc
-    finally:
-        await stop(proc)
 
 
 async def test_systemd_hears_ready_status_watchdog_reload_and_stopping(tmp_path: Path) -> None:
@@ -139,8 +125,7 @@ async def test_a_restart_on_a_passed_socket_queues_connections_instead_of_refusi
         # server.port is the socket's own port: binding it would fail, so serving proves it was used.
         path = tmp_path / "watchgw.toml"
         path.write_text(config_for(UNREACHABLE).replace("port = 0", f"port = {port}"))
-        first = await start_activated(listener, "serve", "--config", str(path))
-        try:
+        async with socket_activated(listener, "serve", "--config", str(path)) as first:
             record = await next_log_event(first, "server.listening")
             assert record["url"] == f"http://127.0.0.1:{port}"
             assert record["socket"] == "systemd"
@@ -148,22 +133,17 @@ async def test_a_restart_on_a_passed_socket_queues_connections_instead_of_refusi
                 assert response.status == 200
             first.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(first.wait(), timeout=10) == 0
-        finally:
-            await stop(first)
 
         # No gateway runs now, and a client still gets through: its connection waits in the backlog.
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=5)
         try:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: watchgw\r\nConnection: close\r\n\r\n")
             await writer.drain()
-            second = await start_activated(listener, "serve", "--config", str(path))
-            try:
+            async with socket_activated(listener, "serve", "--config", str(path)) as second:
                 status_line = await asyncio.wait_for(reader.readline(), timeout=30)
                 assert status_line.startswith(b"HTTP/1.1 200"), status_line
                 second.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(second.wait(), timeout=10) == 0
-            finally:
-                await stop(second)
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
@@ -176,20 +156,8 @@ async def test_systemd_socket_activate_starts_the_gateway_on_its_socket(tmp_path
     path = tmp_path / "watchgw.toml"
     path.write_text(config_for(UNREACHABLE))
     # Started on the first connection, on the tool's socket (it passes only the -E variables on).
-    proc = await asyncio.create_subprocess_exec(
-        "systemd-socket-activate",
-        "--listen",
-        f"127.0.0.1:{port}",
-        sys.executable,
-        "-m",
-        "watchgw",
-        "serve",
-        "--config",
-        str(path),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    wrapper = ("systemd-socket-activate", "--listen", f"127.0.0.1:{port}")
+    async with running_watchgw("serve", "--config", str(path), wrapper=wrapper) as proc:
         assert proc.stderr is not None
         async with asyncio.timeout(10):
             while not (await proc.stderr.readline()).startswith(b"Listening on"):
@@ -201,5 +169,3 @@ async def test_systemd_socket_activate_starts_the_gateway_on_its_socket(tmp_path
         assert record["socket"] == "systemd"
         proc.send_signal(signal.SIGTERM)  # the tool exec'd the gateway: same process
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
-    finally:
-        await stop(proc)

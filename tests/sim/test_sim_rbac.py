@@ -8,14 +8,13 @@ import contextlib
 import dataclasses
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.e2e.test_process import next_log_event
+from tests.processes import next_log_event, running_watchgw
 from watchgw.cli import main
 from watchgw.client.client import WatchClient, WatchClientError
 from watchgw.config import load_config
@@ -33,28 +32,13 @@ ABC_ZONES = {"resourceType": ZONES, "projectId": "proj-abc", "namespace": "defau
 @contextlib.asynccontextmanager
 async def sim_process(*args: str) -> AsyncIterator[str]:
     """``watchgw sim --port 0 ARGS`` in its own process; yields its URL; SIGTERM at the end."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watchgw",
-        "sim",
-        "--port",
-        "0",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with running_watchgw("sim", "--port", "0", *args) as proc:
         record = await next_log_event(proc, "sim.listening")
         assert record["auth"] == ("rbac" if "--rbac" in args else "none")
         yield str(record["url"])
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             await proc.communicate()  # reads stderr to the end, so the process cannot block on it
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from tests.conftest import make_config
 from tests.forward_auth import TOKEN_HEADER, USER_HEADER, ForwardAuthServer, captured_logs
+from tests.processes import free_port
 from watchgw.config import Config
 from watchgw.hub.errors import Forbidden
 from watchgw.kube.client import KubeClient
@@ -97,14 +97,6 @@ async def forward_factory() -> AsyncIterator[Factory]:
 async def fwd(forward_factory: Factory) -> Forward:
     result: Forward = await forward_factory()
     return result
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_the_cookie_reaches_the_service_and_its_token_is_used(fwd: Forward) -> None:
