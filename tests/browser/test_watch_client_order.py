@@ -1,7 +1,8 @@
 """A list closed and opened again at once, many times over, ends subscribed and synced: the
 gateway applies the page's last request for the channel last (watch-client.js sends a channel's
 requests one at a time; the Python client's version of that race is pinned down exactly in
-tests/test_client_failover.py)."""
+tests/test_client_failover.py). The page's stream is its shared worker's, which gets what the
+page did in one turn as one message, and so never subscribes a list closed in the same turn."""
 
 from __future__ import annotations
 

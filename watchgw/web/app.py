@@ -121,20 +121,29 @@ def make_app(
     return app
 
 
+#: Path -> (file in watchgw/static, content type). The client's script is also its SharedWorker's.
+STATIC_FILES = {
+    "/": ("index.html", "text/html"),
+    "/watch-client.js": ("watch-client.js", "application/javascript"),
+    "/watch-client.mjs": ("watch-client.mjs", "application/javascript"),
+    # Declarations to read or download: no browser runs them, text/plain displays them.
+    "/watch-client.d.ts": ("watch-client.d.ts", "text/plain"),
+    "/watch-client.d.mts": ("watch-client.d.mts", "text/plain"),
+}
+
+
 def add_static_routes(app: web.Application) -> None:
     """The browser client and the live demo page, served from the package."""
     root = resources.files("watchgw") / "static"
 
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(body=(root / "index.html").read_bytes(), content_type="text/html")
+    def serve(name: str, content_type: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(body=(root / name).read_bytes(), content_type=content_type)
 
-    async def client_js(request: web.Request) -> web.Response:
-        return web.Response(
-            body=(root / "watch-client.js").read_bytes(), content_type="application/javascript"
-        )
+        return handler
 
-    app.router.add_get("/", index)
-    app.router.add_get("/watch-client.js", client_js)
+    for path, (name, content_type) in STATIC_FILES.items():
+        app.router.add_get(path, serve(name, content_type))
 
 
 def _hub_ctx(
