@@ -6,17 +6,18 @@ nothing registered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.browser.cdp import Page, chromium, chromium_path
+from tests.browser.cdp import Browser, Page, chromium, chromium_path
 from tests.browser.pages import wait_true
 from tests.conftest import make_config
 from watchgw.sim import Simulator, running_simulator
@@ -83,116 +84,119 @@ async def gateway_stats(
             await asyncio.sleep(0.05)  # the poll's interval (stats push nothing)
 
 
-async def test_ten_tabs_share_one_stream_and_closing_tabs_releases_their_channels(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def demo_in_chromium(
+    tmp_path: Path, *, seed: int
+) -> AsyncIterator[tuple[Simulator, str, Browser, aiohttp.ClientSession]]:
+    """The simulator with the demo's resources, a gateway serving the live page, a headless
+    Chromium and an HTTP session for the gateway's stats; all stopped at the end."""
     async with running_simulator() as (sim, sim_url):
-        seed_demo(sim, seed=13)
+        seed_demo(sim, seed=seed)
         app = make_app(make_config(sim_url), static=True)
         async with (
             running_app(app) as url,
             chromium(tmp_path / "profile") as browser,
             aiohttp.ClientSession() as http,
         ):
-            tabs = [await browser.open(f"{url}/") for _ in range(10)]
-            for tab in tabs:
-                await wait_true(tab, ALL_SYNCED)
-            # Ten tabs x twelve lists: one stream, each channel subscribed once.
-            stats = await gateway_stats(http, url)
-            assert stats["streams"] == 1
-            assert stats["upstreams"] == 12
-            assert set(stats["subscriptions"].values()) == {1}
-            assert await tabs[9].evaluate("wc.shared")
-            # The page says so: the gateway's figures (polled every 2 s) and the tabs' sharing.
-            await tabs[9].wait_for(
-                "document.getElementById('gateway').textContent === 'gateway: 1 stream, 12 upstream watches'"
-            )
-            sharing = await tabs[9].evaluate("document.getElementById('sharing').textContent")
-            assert sharing == "one stream for the 12 lists of every tab (SharedWorker)"
+            yield sim, url, browser, http
 
-            # Changes at the control plane reach every tab's lists.
-            rng = random.Random(5)
-            for _ in range(30):
-                churn_once(sim, rng)
-            sim.create(ZONES, {"metadata": {"name": "new-zone"}}, **ABC)
-            await converged(sim, tabs)
 
-            # Two more channels: configmaps in tabs 0 and 1, services in tabs 1 and 2 (watched
-            # once synced: waitFor is the client's own way to say so).
-            extras = {0: [CONFIGMAPS], 1: [CONFIGMAPS, SERVICES], 2: [SERVICES]}
-            for index, channels in extras.items():
-                for fields in channels:
-                    await tabs[index].evaluate(
-                        f"""(async () => {{
-                            const fields = {json.dumps(fields)};
-                            window.seen = window.seen || {{}};
-                            wc.watch(fields, (objects) => {{
-                                window.seen[fields.resourceType] = [...objects.keys()].sort().join(",");
-                                document.body.dataset.seen = JSON.stringify(window.seen);
-                            }});
-                            await wc.waitFor(fields, () => true);
-                        }})()"""
-                    )
-            stats = await gateway_stats(http, url)
-            assert stats["subscriptions"][key(CONFIGMAPS)] == 1
-            assert stats["subscriptions"][key(SERVICES)] == 1
+async def test_ten_tabs_share_one_stream_and_closing_tabs_releases_their_channels(tmp_path: Path) -> None:
+    async with demo_in_chromium(tmp_path, seed=13) as (sim, url, browser, http):
+        tabs = [await browser.open(f"{url}/") for _ in range(10)]
+        for tab in tabs:
+            await wait_true(tab, ALL_SYNCED)
+        # Ten tabs x twelve lists: one stream, each channel subscribed once.
+        stats = await gateway_stats(http, url)
+        assert stats["streams"] == 1
+        assert stats["upstreams"] == 12
+        assert set(stats["subscriptions"].values()) == {1}
+        assert await tabs[9].evaluate("wc.shared")
+        # The page says so: the gateway's figures (polled every 2 s) and the tabs' sharing.
+        await tabs[9].wait_for(
+            "document.getElementById('gateway').textContent === 'gateway: 1 stream, 12 upstream watches'"
+        )
+        sharing = await tabs[9].evaluate("document.getElementById('sharing').textContent")
+        assert sharing == "one stream for the 12 lists of every tab (SharedWorker)"
 
-            # Closing tabs 0 and 1 leaves configmaps to nobody: unsubscribed. Services stay
-            # (tab 2 shows them), and so do the twelve lists of the eight tabs left.
-            await browser.close(tabs[0])
-            await browser.close(tabs[1])
-            await gateway_stats(http, url, lambda s: s["subscriptions"].get(key(CONFIGMAPS), 0) == 0)
-            sim.create(SERVICES["resourceType"], {"metadata": {"name": "svc-a"}}, **ABC)
-            await tabs[2].wait_for("document.body.dataset.seen.includes('default/svc-a')")
-            stats = await gateway_stats(http, url)
-            assert stats["streams"] == 1
-            assert stats["subscriptions"][key(SERVICES)] == 1
-            extra = {key(CONFIGMAPS), key(SERVICES)}
-            assert [n for k, n in stats["subscriptions"].items() if k not in extra] == [1] * 12
-            sim.delete(ZONES, "new-zone", **ABC)
-            await converged(sim, tabs[2:])
+        # Changes at the control plane reach every tab's lists.
+        rng = random.Random(5)
+        for _ in range(30):
+            churn_once(sim, rng)
+        sim.create(ZONES, {"metadata": {"name": "new-zone"}}, **ABC)
+        await converged(sim, tabs)
+
+        # Two more channels: configmaps in tabs 0 and 1, services in tabs 1 and 2 (watched
+        # once synced: waitFor is the client's own way to say so).
+        extras = {0: [CONFIGMAPS], 1: [CONFIGMAPS, SERVICES], 2: [SERVICES]}
+        for index, channels in extras.items():
+            for fields in channels:
+                await tabs[index].evaluate(
+                    f"""(async () => {{
+                        const fields = {json.dumps(fields)};
+                        window.seen = window.seen || {{}};
+                        wc.watch(fields, (objects) => {{
+                            window.seen[fields.resourceType] = [...objects.keys()].sort().join(",");
+                            document.body.dataset.seen = JSON.stringify(window.seen);
+                        }});
+                        await wc.waitFor(fields, () => true);
+                    }})()"""
+                )
+        stats = await gateway_stats(http, url)
+        assert stats["subscriptions"][key(CONFIGMAPS)] == 1
+        assert stats["subscriptions"][key(SERVICES)] == 1
+
+        # Closing tabs 0 and 1 leaves configmaps to nobody: unsubscribed. Services stay
+        # (tab 2 shows them), and so do the twelve lists of the eight tabs left.
+        await browser.close(tabs[0])
+        await browser.close(tabs[1])
+        await gateway_stats(http, url, lambda s: s["subscriptions"].get(key(CONFIGMAPS), 0) == 0)
+        sim.create(SERVICES["resourceType"], {"metadata": {"name": "svc-a"}}, **ABC)
+        await tabs[2].wait_for("document.body.dataset.seen.includes('default/svc-a')")
+        stats = await gateway_stats(http, url)
+        assert stats["streams"] == 1
+        assert stats["subscriptions"][key(SERVICES)] == 1
+        extra = {key(CONFIGMAPS), key(SERVICES)}
+        assert [n for k, n in stats["subscriptions"].items() if k not in extra] == [1] * 12
+        sim.delete(ZONES, "new-zone", **ABC)
+        await converged(sim, tabs[2:])
 
 
 async def test_without_shared_worker_each_tab_keeps_its_own_stream(tmp_path: Path) -> None:
-    async with running_simulator() as (sim, sim_url):
-        seed_demo(sim, seed=17)
-        app = make_app(make_config(sim_url), static=True)
-        async with (
-            running_app(app) as url,
-            chromium(tmp_path / "profile") as browser,
-            aiohttp.ClientSession() as http,
-        ):
-            # Two tabs of a browser without SharedWorker (removed before any script runs).
-            tabs = []
-            for _ in range(2):
-                tab = await browser.open()
-                await tab.call("Page.addScriptToEvaluateOnNewDocument", source="delete window.SharedWorker;")
-                await tab.call("Page.navigate", url=f"{url}/")
-                tabs.append(tab)
-            for tab in tabs:
-                await wait_true(tab, ALL_SYNCED)
-                assert await tab.evaluate("wc.shared") is False
-                sharing = await tab.evaluate("document.getElementById('sharing').textContent")
-                assert sharing == "one stream for this tab's 12 lists (no SharedWorker)"
-            stats = await gateway_stats(http, url)
-            assert stats["streams"] == 2
-            assert set(stats["subscriptions"].values()) == {2}
+    async with demo_in_chromium(tmp_path, seed=17) as (sim, url, browser, http):
+        # Two tabs of a browser without SharedWorker (removed before any script runs).
+        tabs = []
+        for _ in range(2):
+            tab = await browser.open()
+            await tab.call("Page.addScriptToEvaluateOnNewDocument", source="delete window.SharedWorker;")
+            await tab.call("Page.navigate", url=f"{url}/")
+            tabs.append(tab)
+        for tab in tabs:
+            await wait_true(tab, ALL_SYNCED)
+            assert await tab.evaluate("wc.shared") is False
+            sharing = await tab.evaluate("document.getElementById('sharing').textContent")
+            assert sharing == "one stream for this tab's 12 lists (no SharedWorker)"
+        stats = await gateway_stats(http, url)
+        assert stats["streams"] == 2
+        assert set(stats["subscriptions"].values()) == {2}
 
-            # A worker that cannot start (its script is not there): the page's own stream.
-            unreachable = await tabs[1].evaluate(
-                f"""(async () => {{
-                    const own = new WatchClient({{ workerUrl: "/no-such-worker.js" }});
-                    const fields = {{ resourceType: "{ZONES}", projectId: "proj-xyz", namespace: "default" }};
-                    const objects = await own.waitFor(fields, (o) => o.size > 0);
-                    return [own.shared, objects.size];
-                }})()"""
-            )
-            assert unreachable[0] is False
-            assert unreachable[1] == len(sim.list_objects(ZONES, project="proj-xyz", namespace="default"))
-            await gateway_stats(http, url, lambda s: s["streams"] == 3)
+        # A worker that cannot start (its script is not there): the page's own stream.
+        unreachable = await tabs[1].evaluate(
+            f"""(async () => {{
+                const own = new WatchClient({{ workerUrl: "/no-such-worker.js" }});
+                const fields = {{ resourceType: "{ZONES}", projectId: "proj-xyz", namespace: "default" }};
+                const objects = await own.waitFor(fields, (o) => o.size > 0);
+                return [own.shared, objects.size];
+            }})()"""
+        )
+        assert unreachable[0] is False
+        assert unreachable[1] == len(sim.list_objects(ZONES, project="proj-xyz", namespace="default"))
+        await gateway_stats(http, url, lambda s: s["streams"] == 3)
 
-            rng = random.Random(9)
-            for _ in range(30):
-                churn_once(sim, rng)
-            await converged(sim, tabs)
+        rng = random.Random(9)
+        for _ in range(30):
+            churn_once(sim, rng)
+        await converged(sim, tabs)
 
 
 async def test_wait_for_settles_and_leaves_nothing_registered(tmp_path: Path) -> None:

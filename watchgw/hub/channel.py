@@ -49,7 +49,7 @@ import asyncio
 import dataclasses
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -433,12 +433,13 @@ class Channel:
         self.snapshot_parts_written += 1
         return Frame(self._frames.next_id(), wire, self.key, None, snapshot=True, watch=True)
 
-    def snapshot_frame(self, type: Literal["ADDED", "DELETED"], key: ObjectKey, object_json: bytes) -> Frame:
-        """An object of a snapshot (or a deletion after it) for one session: no position."""
+    def deletion_frame(self, key: ObjectKey, object_json: bytes) -> Frame:
+        """A ``DELETED`` after a snapshot, for one session (what it may hold from before): no
+        position. (The snapshot's own objects are shared parts: :meth:`part_frame`.)"""
         return self._frames.watch(
             channel_json=self.key_json,
             channel=self.key,
-            type=type,
+            type="DELETED",
             key=key,
             object_json=object_json,
             resource_version="",

@@ -119,7 +119,7 @@ class SnapshotWriter:
             while deletions and size < room:
                 key, object_json = deletions.pop()
                 if key not in objects:
-                    frame = channel.snapshot_frame("DELETED", key, object_json)
+                    frame = channel.deletion_frame(key, object_json)
                     out.append(frame)
                     size += len(frame.wire)
             if deletions:
