@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,12 @@ from watchgw.hub.session import Session
 from watchgw.kube.types import WatchTarget
 
 log = structlog.get_logger("watchgw.hub")
+
+
+#: Counters each channel keeps (``Channel`` attributes), totalled by :meth:`WatchHub.total`.
+CHANNEL_COUNTERS = ("events", "deliveries", "snapshot_parts_built", "snapshot_parts_written")
+#: Counters each session keeps (``Session`` attributes).
+SESSION_COUNTERS = ("coalesced", "resyncs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +110,7 @@ class WatchHub:
         self._waiters: list[asyncio.Future[None]] = []
         self.channels_opened = 0
         self.sessions_opened = 0
-        self.retired: dict[str, int] = {
-            "events": 0,
-            "deliveries": 0,
-            "coalesced": 0,
-            "resyncs": 0,
-            "snapshot_parts_built": 0,
-            "snapshot_parts_written": 0,
-        }
+        self._retired: dict[str, int] = dict.fromkeys((*CHANNEL_COUNTERS, *SESSION_COUNTERS), 0)
         """Counters of channels and sessions that are gone, so totals never go backwards."""
         self.usage: dict[str, _Usage] = {}
         """By quota key (see the module's docstring); an entry goes with its last session."""
@@ -232,8 +231,8 @@ class WatchHub:
             self._unpark(session, key)
         if current:
             self._drop_holder(session)
-        self.retired["coalesced"] += session.coalesced
-        self.retired["resyncs"] += session.resyncs
+        for name in SESSION_COUNTERS:
+            self._retired[name] += getattr(session, name)
         session.close()
         log.info("client.expired", client_id=session.client_id)
         self._changed()
@@ -436,10 +435,8 @@ class WatchHub:
     def _close_channel(self, channel: Channel) -> None:
         if self.channels.get(channel.registry_key) is channel:
             del self.channels[channel.registry_key]
-            self.retired["events"] += channel.events
-            self.retired["deliveries"] += channel.deliveries
-            self.retired["snapshot_parts_built"] += channel.snapshot_parts_built
-            self.retired["snapshot_parts_written"] += channel.snapshot_parts_written
+            for name in CHANNEL_COUNTERS:
+                self._retired[name] += getattr(channel, name)
         if channel.grace_handle is not None:
             channel.grace_handle.cancel()
             channel.grace_handle = None
@@ -515,6 +512,14 @@ class WatchHub:
         for channel in self.channels.values():
             counts[channel.key] = counts.get(channel.key, 0) + channel.subscriber_count
         return counts
+
+    def total(self, name: str) -> int:
+        """Counter ``name`` (:data:`CHANNEL_COUNTERS` or :data:`SESSION_COUNTERS`) over every
+        channel or session there has been, live or gone (what ``/metrics`` reports)."""
+        live: Iterable[object] = (
+            self.channels.values() if name in CHANNEL_COUNTERS else self.sessions.values()
+        )
+        return self._retired[name] + sum(int(getattr(item, name)) for item in live)
 
     def stats(self) -> dict[str, Any]:
         return {

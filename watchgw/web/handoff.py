@@ -39,8 +39,8 @@ class StreamConnection(asyncio.Protocol):
 
     __slots__ = ("_on_lost", "_paused", "_waiter", "closed")
 
-    def __init__(self, *, paused: bool, on_lost: Callable[[], None]) -> None:
-        self._paused = paused
+    def __init__(self, *, on_lost: Callable[[], None]) -> None:
+        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._on_lost = on_lost
         self.closed = False
@@ -89,6 +89,8 @@ def hand_off(request: web.BaseRequest, connection: StreamConnection) -> asyncio.
     protocol = request.protocol
     assert isinstance(transport, asyncio.Transport), "a stream whose connection is gone"
     transport.set_protocol(connection)
+    if getattr(protocol, "_paused", False):
+        connection.pause_writing()  # the transport's buffer is above its high-water mark now
     # aiohttp's protocol forgets the transport (so it never writes to it or closes it), ends its
     # request loop after this handler, and is removed from the server's connections: from now
     # on it and its parser, request and response are garbage once the handler returns.

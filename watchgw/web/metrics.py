@@ -69,37 +69,23 @@ class HubCollector(Collector):
         )
         yield CounterMetricFamily("watchgw_channels_opened", "Channels opened", hub.channels_opened)
         yield CounterMetricFamily("watchgw_sessions_opened", "Client sessions opened", hub.sessions_opened)
-        retired = hub.retired
-        yield CounterMetricFamily(
-            "watchgw_upstream_events",
-            "Events received from the control plane",
-            retired["events"] + sum(c.events for c in channels),
-        )
-        yield CounterMetricFamily(
-            "watchgw_deliveries",
-            "Watch events delivered to subscribers",
-            retired["deliveries"] + sum(c.deliveries for c in channels),
-        )
-        yield CounterMetricFamily(
-            "watchgw_snapshot_parts_built",
-            "Parts of snapshots encoded (once per channel version, shared by the clients that need it)",
-            retired["snapshot_parts_built"] + sum(c.snapshot_parts_built for c in channels),
-        )
-        yield CounterMetricFamily(
-            "watchgw_snapshot_parts_written",
-            "Parts of snapshots written to clients (built / written: how much snapshots were shared)",
-            retired["snapshot_parts_written"] + sum(c.snapshot_parts_written for c in channels),
-        )
-        yield CounterMetricFamily(
-            "watchgw_coalesced",
-            "Superseded updates dropped for slow clients",
-            retired["coalesced"] + sum(s.coalesced for s in sessions),
-        )
-        yield CounterMetricFamily(
-            "watchgw_resyncs",
-            "Channels resynced for clients that fell behind",
-            retired["resyncs"] + sum(s.resyncs for s in sessions),
-        )
+        for name, total, help_text in (
+            ("watchgw_upstream_events", "events", "Events received from the control plane"),
+            ("watchgw_deliveries", "deliveries", "Watch events delivered to subscribers"),
+            (
+                "watchgw_snapshot_parts_built",
+                "snapshot_parts_built",
+                "Parts of snapshots encoded (once per channel version, shared by the clients that need it)",
+            ),
+            (
+                "watchgw_snapshot_parts_written",
+                "snapshot_parts_written",
+                "Parts of snapshots written to clients (built / written: how much snapshots were shared)",
+            ),
+            ("watchgw_coalesced", "coalesced", "Superseded updates dropped for slow clients"),
+            ("watchgw_resyncs", "resyncs", "Channels resynced for clients that fell behind"),
+        ):
+            yield CounterMetricFamily(name, help_text, hub.total(total))
         counters = self._counters
         decisions = CounterMetricFamily(
             "watchgw_auth_decisions",

@@ -127,7 +127,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
     limits = config.limits
     response = SSEResponse(send_timeout=limits.stalled_client_timeout_s)
     generation: int | None = None
-    handed_off = False
     try:
         writer = await response.prepare(request)
         mark_stream(request, response)  # long-lived by design: out of the pending-connection count
@@ -152,18 +151,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         log.info("client.connected", client_id=client_id, resumed=grant.resumed, identity=caller.identity)
         # From here the stream is the session's and a small protocol's: aiohttp's request,
         # response and tasks for it are released when this handler returns (web/handoff.py).
-        connection = StreamConnection(
-            paused=bool(getattr(request.protocol, "_paused", False)), on_lost=session.connection_lost
-        )
+        connection = StreamConnection(on_lost=session.connection_lost)
         stream_transport = hand_off(request, connection)
         response.handed_off = True
         app[STREAMS].start(
             _pump(hub, session, generation, connection, stream_transport, chunked=chunked, limits=limits)
         )
-        handed_off = True
         return response
     finally:
-        if not handed_off:
+        if not response.handed_off:
             # Never attached or never handed off (the client may vanish before): the session
             # must still end after its TTL.
             hub.stream_closed(session, generation)
